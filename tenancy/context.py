@@ -1,0 +1,134 @@
+"""The tenant context: which organization, user, role and purpose of use a transaction acts for.
+
+The server signs the context with HMAC-SHA256 and hands it to PostgreSQL as one transaction-local setting
+(`set_config('app.context', ..., true)`). Row-level security policies read it through
+`app_org_id()` & co., which verify the signature with a key the runtime role cannot read; so a SQL caller
+that sets the setting itself (SQL injection, a debugging session as the runtime role) gets an error, not
+another organization's rows. Transaction-local means a pooled connection never carries one request's context
+into the next, behind PgBouncer in transaction mode too.
+
+Every piece of code that touches tenant tables does so inside `tenant_context(...)` (management commands,
+consumers, tasks) or inside an API view of `tenancy.views.TenantAPIView`, which opens one after
+authentication. Outside one, tenant querysets raise `NoTenantContext` rather than return an empty list.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import hmac
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import connections, transaction
+
+ANONYMOUS = "anonymous"  # an organization's public, signed-out requests (branding, sign-in)
+PLATFORM = "platform"  # operators' commands that create organizations and resolve hostnames
+CONTEXT_SETTING = "app.context"
+REQUEST_ID_SETTING = "app.request_id"
+
+
+class NoTenantContext(RuntimeError):
+    """Tenant data was touched with no tenant context open: a programming error, never an empty result."""
+
+
+@dataclass(frozen=True)
+class TenantContext:
+    org_id: uuid.UUID | None
+    role: str
+    user_id: uuid.UUID | None = None
+    purpose: str = "operations"
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def signed(self, now: float | None = None) -> str:
+        expires = int((now if now is not None else time.time()) + settings.TENANCY_CONTEXT_TTL_SECONDS)
+        body = "|".join(
+            ["v1", str(self.org_id or ""), str(self.user_id or ""), self.role, self.purpose, str(expires)]
+        )
+        return body + "|" + sign_context_body(body)
+
+
+def sign_context_body(body: str) -> str:
+    return hmac.new(settings.TENANCY_CONTEXT_KEY, body.encode(), hashlib.sha256).hexdigest()
+
+
+def context_key_pads(key: bytes) -> tuple[bytes, bytes]:
+    """HMAC's inner and outer pads, which is what the database keeps (it has sha256 but no hmac)."""
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(64, b"\0")
+    return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
+
+
+_current: contextvars.ContextVar[TenantContext | None] = contextvars.ContextVar("tenant_context", default=None)
+
+
+def current() -> TenantContext | None:
+    return _current.get()
+
+
+def require_context(model: object = None, using: str = "default") -> TenantContext:
+    ctx = _current.get()
+    name = getattr(getattr(model, "_meta", None), "label", "tenant data")
+    if ctx is None:
+        raise NoTenantContext(f"{name} accessed without a tenant context; open one with tenant_context()")
+    if not connections[using].in_atomic_block:
+        raise NoTenantContext(f"{name} accessed outside the transaction that carries the tenant context")
+    return ctx
+
+
+def apply(ctx: TenantContext, using: str = "default") -> None:
+    """Hand the context to the database for the current transaction, in one round trip."""
+    connection = connections[using]
+    if not connection.in_atomic_block:
+        raise NoTenantContext("a tenant context is transaction-local: open a transaction first")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT set_config(%s, %s, true), set_config(%s, %s, true)",
+            [CONTEXT_SETTING, ctx.signed(), REQUEST_ID_SETTING, ctx.request_id],
+        )
+
+
+def activate(ctx: TenantContext, using: str = "default") -> contextvars.Token:
+    """Set the context for the rest of the current transaction. Pair with `deactivate`."""
+    apply(ctx, using)
+    return _current.set(ctx)
+
+
+def deactivate(token: contextvars.Token) -> None:
+    _current.reset(token)
+
+
+@contextmanager
+def tenant_context(
+    *,
+    org_id: uuid.UUID | None,
+    role: str,
+    user_id: uuid.UUID | None = None,
+    purpose: str = "operations",
+    request_id: str | None = None,
+    using: str = "default",
+) -> Iterator[TenantContext]:
+    """Run a block in one transaction that acts for exactly one organization (or the platform)."""
+    ctx = TenantContext(
+        org_id=org_id,
+        role=role,
+        user_id=user_id,
+        purpose=purpose,
+        request_id=request_id or uuid.uuid4().hex,
+    )
+    with transaction.atomic(using=using):
+        token = activate(ctx, using)
+        try:
+            yield ctx
+        finally:
+            _current.reset(token)
+
+
+def platform_context(using: str = "default"):
+    """Operators' context: create organizations and their domains, resolve hostnames. Never for requests."""
+    return tenant_context(org_id=None, role=PLATFORM, using=using)

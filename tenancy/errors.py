@@ -1,0 +1,149 @@
+"""One error shape for every 4xx and 5xx: {"error": {"code": ..., "message": ..., "fields": {...}}}.
+
+Input a client can send never becomes a 500: malformed JSON, wrong types, overlong or NUL-bearing strings and
+database-level rejections of a value all answer 400 with this body.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import DataError, IntegrityError
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+
+from .context import NoTenantContext
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(exceptions.APIException):
+    """An error raised by a service function, with a stable machine-readable code."""
+
+    def __init__(self, code: str, message: str, status_code: int = 400, fields: dict | None = None):
+        super().__init__(detail=message, code=code)
+        self.status_code = status_code
+        self.error_code = code
+        self.fields = fields or {}
+
+
+class ServiceUnavailable(ApiError):
+    def __init__(self, dependency: str, message: str):
+        super().__init__("service_unavailable", message, status.HTTP_503_SERVICE_UNAVAILABLE, {})
+        self.dependency = dependency
+
+
+def error_body(code: str, message: str, fields: dict | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "fields": fields or {}}}
+
+
+def json_error(code: str, message: str, status_code: int, fields: dict | None = None) -> JsonResponse:
+    return JsonResponse(error_body(code, message, fields), status=status_code)
+
+
+def _flatten(detail: Any) -> Any:
+    if isinstance(detail, dict):
+        return {str(k): _flatten(v) for k, v in detail.items()}
+    if isinstance(detail, list):
+        return [_flatten(v) for v in detail]
+    return str(detail)
+
+
+_DEFAULT_CODES = {
+    400: "invalid_request",
+    401: "not_authenticated",
+    403: "permission_denied",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    423: "locked",
+    429: "throttled",
+    503: "service_unavailable",
+}
+
+
+def api_exception_handler(exc: Exception, context: dict) -> Response | None:
+    """DRF's exception handler, reshaped. Unknown exceptions are logged and answered 500 in the same shape."""
+    headers: dict[str, str] = {}
+    if isinstance(exc, ApiError):
+        return Response(error_body(exc.error_code, str(exc.detail), exc.fields), status=exc.status_code)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+    elif isinstance(exc, ValidationError):
+        exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
+    elif isinstance(exc, DataError):
+        # A value the database refused (out of range, bad encoding): the client's input, not our fault.
+        return Response(
+            error_body("invalid_input", "A value is out of range or not valid for its field."),
+            status=status.HTTP_400_BAD_REQUEST,
+        )
+    elif isinstance(exc, IntegrityError):
+        # Never echo the constraint: it can name another tenant's value.
+        return Response(
+            error_body("conflict", "The request conflicts with existing data."), status=status.HTTP_409_CONFLICT
+        )
+    elif isinstance(exc, NoTenantContext):
+        logger.error("tenant data touched without a tenant context", exc_info=exc)
+        return Response(
+            error_body("internal_error", "The server could not complete the request."),
+            status=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        )
+
+    if not isinstance(exc, exceptions.APIException):
+        return None  # Django's 500 handler (config.urls.server_error) answers in the same shape.
+
+    if getattr(exc, "auth_header", None):
+        headers["WWW-Authenticate"] = exc.auth_header  # type: ignore[attr-defined]
+    if getattr(exc, "wait", None):
+        headers["Retry-After"] = str(int(exc.wait))  # type: ignore[attr-defined]
+
+    code = _DEFAULT_CODES.get(exc.status_code, "error")
+    fields: dict[str, Any] = {}
+    if isinstance(exc, exceptions.ValidationError):
+        code = "invalid_request"
+        detail = exc.detail
+        if isinstance(detail, dict):
+            fields = _flatten(detail)
+            non_field = fields.pop("non_field_errors", None)
+            message = non_field[0] if non_field else "Some fields are not valid."
+        else:
+            items = _flatten(detail)
+            message = items[0] if isinstance(items, list) and items else str(items)
+    else:
+        detail_code = exc.get_codes() if hasattr(exc, "get_codes") else None
+        if isinstance(detail_code, str) and exc.status_code != 401:
+            code = {"parse_error": "malformed_json", "error": code}.get(detail_code, detail_code)
+        message = str(exc.detail)
+    return Response(error_body(code, message, fields), status=exc.status_code, headers=headers)
+
+
+# Django-level handlers (URLs that never reach DRF).
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return json_error("invalid_request", "The request could not be understood.", 400)
+
+
+def permission_denied(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    message = "Permission denied."
+    if exception is not None and "CSRF" in str(exception):
+        return json_error("csrf_failed", "CSRF token missing or incorrect.", 403)
+    return json_error("permission_denied", message, 403)
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return json_error("not_found", "Not found.", 404)
+
+
+def server_error(request: HttpRequest) -> JsonResponse:
+    return json_error("internal_error", "The server could not complete the request.", 500)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> JsonResponse:
+    return json_error("csrf_failed", f"CSRF check failed: {reason}", 403)

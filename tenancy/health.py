@@ -1,0 +1,96 @@
+"""Liveness and readiness.
+
+`/healthz` answers while the process runs. `/readyz` checks the database and every configured dependency
+(Redis when REDIS_URL is set, Vault when VAULT_ADDR is set, and whatever other apps register) and answers 503
+naming each one that is not reachable, so a load balancer stops sending traffic and an operator sees why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import urllib.request
+from collections.abc import Callable
+
+from django.conf import settings
+from django.db import connections
+from django.http import HttpRequest, JsonResponse
+
+logger = logging.getLogger(__name__)
+
+Check = Callable[[], str | None]  # returns None when healthy, else a short reason
+_checks: dict[str, Check] = {}
+
+
+def register_check(name: str, check: Check) -> None:
+    _checks[name] = check
+
+
+def _database() -> str | None:
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT 1")
+    return None
+
+
+def _redis() -> str | None:
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        client.ping()
+    finally:
+        client.close()
+    return None
+
+
+def _vault() -> str | None:
+    # Any answer from sys/health means reachable; 503 (sealed) or 501 (uninitialized) is not ready.
+    request = urllib.request.Request(settings.VAULT_ADDR.rstrip("/") + "/v1/sys/health", method="GET")
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 (operator-set URL)
+            return None if response.status in (200, 429, 472, 473) else f"status {response.status}"
+    except urllib.error.HTTPError as exc:
+        return None if exc.code in (429, 472, 473) else f"status {exc.code}"
+
+
+register_check("database", _database)
+if settings.REDIS_URL:
+    register_check("redis", _redis)
+if settings.VAULT_ADDR:
+    register_check("vault", _vault)
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+def readyz(request: HttpRequest) -> JsonResponse:
+    results: dict[str, dict] = {}
+    failing: list[str] = []
+    for name, check in _checks.items():
+        started = time.monotonic()
+        try:
+            problem = check()
+        except Exception as exc:  # a dependency's failure is a report here, never a 500
+            problem = f"{type(exc).__name__}: {str(exc)[:200]}"
+        results[name] = {
+            "status": "ok" if problem is None else "unavailable",
+            "ms": round((time.monotonic() - started) * 1000, 1),
+        }
+        if problem is not None:
+            results[name]["error"] = problem
+            failing.append(name)
+    if failing:
+        return JsonResponse(
+            {
+                "status": "unavailable",
+                "error": {
+                    "code": "dependency_unavailable",
+                    "message": f"Not ready: {', '.join(failing)} unreachable.",
+                    "fields": {name: [results[name]["error"]] for name in failing},
+                },
+                "checks": results,
+            },
+            status=503,
+        )
+    return JsonResponse({"status": "ok", "checks": results})

@@ -1,0 +1,233 @@
+"""Organizations, their portal domains, users, memberships and API tokens.
+
+`TenantModel` is the declarative way for a model to be tenant-scoped: it gets an application-generated UUID
+primary key, an `org` foreign key, a unique `(org, id)` pair that other tenant tables reference with
+composite foreign keys, and a manager that refuses to run without a tenant context. Its migration must
+apply `tenancy.operations.EnableTenantRLS`; tests/tenancy/test_catalog.py fails the build if it does not.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import ClassVar
+
+from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
+from django.core.validators import RegexValidator
+from django.db import models
+from django.utils import timezone
+
+from .context import require_context
+
+
+class Role(models.TextChoices):
+    ORG_ADMIN = "org_admin", "Organization administrator"
+    PRACTITIONER = "practitioner", "Practitioner"
+    STAFF = "staff", "Front-desk staff"
+    AUDITOR = "auditor", "Auditor"
+    PATIENT = "patient", "Patient"
+
+
+class PurposeOfUse(models.TextChoices):
+    TREATMENT = "treatment", "Treatment"
+    OPERATIONS = "operations", "Operations"
+    ANALYTICS = "analytics", "Analytics"
+    AUDIT = "audit", "Audit"
+    EMERGENCY = "emergency", "Emergency"
+
+
+class TenantQuerySet(models.QuerySet):
+    """A queryset that fails loudly when no tenant context is open, instead of returning nothing."""
+
+    def _fetch_all(self) -> None:
+        if self._result_cache is None:
+            require_context(self.model)
+        super()._fetch_all()
+
+    def iterator(self, chunk_size=None):  # type: ignore[override]
+        require_context(self.model)
+        return super().iterator(chunk_size=chunk_size)
+
+    def count(self) -> int:
+        require_context(self.model)
+        return super().count()
+
+    def exists(self) -> bool:
+        require_context(self.model)
+        return super().exists()
+
+    def aggregate(self, *args, **kwargs):  # type: ignore[override]
+        require_context(self.model)
+        return super().aggregate(*args, **kwargs)
+
+    def update(self, **kwargs) -> int:
+        require_context(self.model)
+        return super().update(**kwargs)
+
+    def delete(self):  # type: ignore[override]
+        require_context(self.model)
+        return super().delete()
+
+    def bulk_create(self, *args, **kwargs):  # type: ignore[override]
+        require_context(self.model)
+        return super().bulk_create(*args, **kwargs)
+
+    def bulk_update(self, *args, **kwargs):  # type: ignore[override]
+        require_context(self.model)
+        return super().bulk_update(*args, **kwargs)
+
+    def _insert(self, *args, **kwargs):  # type: ignore[override]
+        require_context(self.model)
+        return super()._insert(*args, **kwargs)
+
+
+class TenantManager(models.Manager.from_queryset(TenantQuerySet)):  # type: ignore[misc]
+    use_in_migrations = False
+
+    def raw(self, raw_query, params=(), translations=None, using=None):  # type: ignore[override]
+        require_context(self.model)
+        return super().raw(raw_query, params=params, translations=translations, using=using)
+
+
+class Organization(models.Model):
+    """A clinical organization (tenant). Public branding; everything else it owns is scoped to it."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    slug = models.SlugField(max_length=63, unique=True)
+    name = models.CharField(max_length=200)
+    # Branding for the white-label portal.
+    display_name = models.CharField(max_length=200, blank=True)
+    primary_color = models.CharField(
+        max_length=7, default="#0b5fff", validators=[RegexValidator(r"^#[0-9a-fA-F]{6}$")]
+    )
+    accent_color = models.CharField(
+        max_length=7, default="#00a37a", validators=[RegexValidator(r"^#[0-9a-fA-F]{6}$")]
+    )
+    logo_url = models.URLField(blank=True)
+    support_email = models.EmailField(blank=True)
+    support_phone = models.CharField(max_length=40, blank=True)
+    # Security settings.
+    require_mfa = models.BooleanField(default=True)
+    idle_timeout_minutes = models.PositiveIntegerField(default=15)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = TenantManager()
+
+    class Meta:
+        base_manager_name = "objects"
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def branding(self) -> dict:
+        return {
+            "organization": self.slug,
+            "display_name": self.display_name or self.name,
+            "primary_color": self.primary_color,
+            "accent_color": self.accent_color,
+            "logo_url": self.logo_url,
+            "support": {"email": self.support_email, "phone": self.support_phone},
+        }
+
+
+class TenantModel(models.Model):
+    """Base for every table that holds one organization's data."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    org = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+", editable=False)
+
+    objects = TenantManager()
+
+    class Meta:
+        abstract = True
+        base_manager_name = "objects"
+        constraints: ClassVar[list] = [
+            models.UniqueConstraint(fields=["org", "id"], name="%(app_label)s_%(class)s_org_id_key"),
+        ]
+
+
+class Domain(TenantModel):
+    """A hostname that serves one organization's portal."""
+
+    hostname = models.CharField(max_length=253, unique=True)
+    is_primary = models.BooleanField(default=False)
+
+    class Meta(TenantModel.Meta):
+        indexes: ClassVar[list] = [models.Index(fields=["org", "hostname"])]
+
+    def __str__(self) -> str:
+        return self.hostname
+
+
+class UserManager(BaseUserManager["User"]):
+    def create_user(self, email: str, password: str | None = None, **extra) -> User:
+        user = self.model(email=self.normalize_email(email).lower(), **extra)
+        if password:
+            user.set_password(password)
+        else:
+            user.set_unusable_password()
+        user.save(using=self._db)
+        return user
+
+
+class User(AbstractBaseUser):
+    """A sign-in identity. Which organizations it may act in is decided by Membership, never here.
+
+    The table is global (one person may work for several clinics) and holds only login material; everything
+    clinical or organizational about a person lives in tenant-scoped tables.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    email = models.EmailField(unique=True)
+    full_name = models.CharField(max_length=200, blank=True)
+    is_active = models.BooleanField(default=True)
+    totp_secret = models.CharField(max_length=64, blank=True)
+    totp_confirmed = models.BooleanField(default=False)
+    totp_last_counter = models.BigIntegerField(default=0)
+    failed_logins = models.PositiveIntegerField(default=0)
+    locked_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    USERNAME_FIELD = "email"
+    EMAIL_FIELD = "email"
+    REQUIRED_FIELDS: ClassVar[list[str]] = []
+
+    objects = UserManager()
+
+    def __str__(self) -> str:
+        return self.email
+
+    @property
+    def is_locked(self) -> bool:
+        return self.locked_until is not None and self.locked_until > timezone.now()
+
+
+class Membership(TenantModel):
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=20, choices=Role.choices)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta(TenantModel.Meta):
+        constraints: ClassVar[list] = [
+            *TenantModel.Meta.constraints,
+            models.UniqueConstraint(fields=["org", "user"], name="tenancy_membership_one_per_org"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}@{self.org_id}:{self.role}"
+
+
+class ApiToken(TenantModel):
+    """A short-lived, revocable bearer token for API clients. Only its SHA-256 is stored."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    key_hash = models.CharField(max_length=64, unique=True)
+    prefix = models.CharField(max_length=12)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    last_used_at = models.DateTimeField(default=timezone.now)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta(TenantModel.Meta):
+        indexes: ClassVar[list] = [models.Index(fields=["org", "user"])]

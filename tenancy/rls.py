@@ -1,0 +1,201 @@
+"""Row-level security: the context-verifying functions and the migration operation for tenant tables.
+
+Policy shape follows what the planner can use: each context value is read through `(SELECT app_org_id())`,
+an init-plan evaluated once per statement, and compared with an indexed `org_id` column.
+"""
+
+from __future__ import annotations
+
+from django.db import migrations
+
+# The HMAC key lives in a schema the runtime role cannot read; only its two pads are stored, because
+# PostgreSQL has sha256() built in but no hmac() without pgcrypto (which the embedded server lacks).
+CONTEXT_FUNCTIONS_SQL = r"""
+CREATE SCHEMA IF NOT EXISTS tenancy_private;
+REVOKE ALL ON SCHEMA tenancy_private FROM PUBLIC;
+CREATE TABLE IF NOT EXISTS tenancy_private.context_key (
+    id smallint PRIMARY KEY CHECK (id = 1),
+    ipad bytea NOT NULL CHECK (length(ipad) = 64),
+    opad bytea NOT NULL CHECK (length(opad) = 64),
+    installed_at timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON tenancy_private.context_key FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy_private.verified_context() RETURNS text[]
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    raw text := nullif(current_setting('app.context', true), '');
+    cut int;
+    body text;
+    parts text[];
+    k_ipad bytea;
+    k_opad bytea;
+BEGIN
+    IF raw IS NULL THEN
+        RETURN NULL;  -- no context: policies compare with NULL and match no row
+    END IF;
+    cut := length(raw) - strpos(reverse(raw), '|');
+    body := left(raw, cut);
+    SELECT ipad, opad INTO k_ipad, k_opad FROM tenancy_private.context_key WHERE id = 1;
+    IF k_ipad IS NULL THEN
+        RAISE EXCEPTION 'tenant context key is not installed (run manage.py bootstrap_db)'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF encode(sha256(k_opad || sha256(k_ipad || convert_to(body, 'UTF8'))), 'hex')
+            IS DISTINCT FROM substr(raw, cut + 2) THEN
+        RAISE EXCEPTION 'tenant context signature is invalid' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    parts := string_to_array(body, '|');
+    IF coalesce(array_length(parts, 1), 0) <> 6 OR parts[1] <> 'v1' THEN
+        RAISE EXCEPTION 'tenant context has an unknown format' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF parts[6]::bigint < extract(epoch FROM now()) THEN
+        RAISE EXCEPTION 'tenant context has expired' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN parts;
+END
+$fn$;
+REVOKE ALL ON FUNCTION tenancy_private.verified_context() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION public.app_org_id() RETURNS uuid
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT nullif((tenancy_private.verified_context())[2], '')::uuid $fn$;
+
+CREATE OR REPLACE FUNCTION public.app_user_id() RETURNS uuid
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT nullif((tenancy_private.verified_context())[3], '')::uuid $fn$;
+
+CREATE OR REPLACE FUNCTION public.app_role() RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT (tenancy_private.verified_context())[4] $fn$;
+
+CREATE OR REPLACE FUNCTION public.app_purpose() RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT (tenancy_private.verified_context())[5] $fn$;
+"""
+
+DROP_CONTEXT_FUNCTIONS_SQL = """
+DROP FUNCTION IF EXISTS public.app_purpose();
+DROP FUNCTION IF EXISTS public.app_role();
+DROP FUNCTION IF EXISTS public.app_user_id();
+DROP FUNCTION IF EXISTS public.app_org_id();
+DROP FUNCTION IF EXISTS tenancy_private.verified_context();
+DROP TABLE IF EXISTS tenancy_private.context_key;
+DROP SCHEMA IF EXISTS tenancy_private;
+"""
+
+ORG_MATCH = "org_id = (SELECT public.app_org_id())"
+
+ORGANIZATION_POLICIES_SQL = """
+ALTER TABLE tenancy_organization ENABLE ROW LEVEL SECURITY;
+ALTER TABLE tenancy_organization FORCE ROW LEVEL SECURITY;
+CREATE POLICY org_select ON tenancy_organization FOR SELECT
+    USING (id = (SELECT public.app_org_id()) OR (SELECT public.app_role()) = 'platform');
+CREATE POLICY org_insert ON tenancy_organization FOR INSERT
+    WITH CHECK ((SELECT public.app_role()) = 'platform');
+CREATE POLICY org_update ON tenancy_organization FOR UPDATE
+    USING ((id = (SELECT public.app_org_id()) AND (SELECT public.app_role()) = 'org_admin')
+           OR (SELECT public.app_role()) = 'platform')
+    WITH CHECK ((id = (SELECT public.app_org_id()) AND (SELECT public.app_role()) = 'org_admin')
+           OR (SELECT public.app_role()) = 'platform');
+CREATE POLICY org_delete ON tenancy_organization FOR DELETE
+    USING ((SELECT public.app_role()) = 'platform');
+"""
+
+
+PLATFORM = "(SELECT public.app_role()) = 'platform'"
+
+
+def tenant_policy_sql(table: str, platform: bool = False) -> str:
+    """ENABLE + FORCE RLS and one policy per command, each with the org check (and WITH CHECK on writes).
+
+    `platform` also admits the operators' platform context (hostname routing data only).
+    """
+    read = write = ORG_MATCH
+    if platform:
+        read = write = f"({ORG_MATCH} OR {PLATFORM})"
+    return f"""
+ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;
+ALTER TABLE {table} FORCE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS tenant_select ON {table};
+DROP POLICY IF EXISTS tenant_insert ON {table};
+DROP POLICY IF EXISTS tenant_update ON {table};
+DROP POLICY IF EXISTS tenant_delete ON {table};
+CREATE POLICY tenant_select ON {table} FOR SELECT USING ({read});
+CREATE POLICY tenant_insert ON {table} FOR INSERT WITH CHECK ({write});
+CREATE POLICY tenant_update ON {table} FOR UPDATE USING ({write}) WITH CHECK ({write});
+CREATE POLICY tenant_delete ON {table} FOR DELETE USING ({write});
+"""
+
+
+def disable_policy_sql(table: str) -> str:
+    return f"""
+DROP POLICY IF EXISTS tenant_select ON {table};
+DROP POLICY IF EXISTS tenant_insert ON {table};
+DROP POLICY IF EXISTS tenant_update ON {table};
+DROP POLICY IF EXISTS tenant_delete ON {table};
+ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY;
+ALTER TABLE {table} DISABLE ROW LEVEL SECURITY;
+"""
+
+
+def _is_tenant_model(model) -> bool:
+    return any(f.name == "org" and f.is_relation for f in model._meta.fields) and model._meta.label_lower != (
+        "tenancy.organization"
+    )
+
+
+class EnableTenantRLS(migrations.operations.base.Operation):
+    """Turn a tenant model's table into an isolated one.
+
+    ENABLE and FORCE row-level security (FORCE so the owner is bound too), a policy for every command with the
+    org check on reads and WITH CHECK on writes, and for each foreign key to another tenant table a composite
+    foreign key `(org_id, fk) -> (org_id, id)` so no row can point at another organization's row.
+    Re-runnable: apply it again after adding a foreign key.
+    """
+
+    reversible = True
+
+    def __init__(self, model_name: str, platform: bool = False):
+        self.model_name = model_name
+        self.platform = platform
+
+    def state_forwards(self, app_label, state):
+        pass
+
+    def _sql(self, model) -> list[str]:
+        table = model._meta.db_table
+        statements = [tenant_policy_sql(table, self.platform)]
+        for f in model._meta.fields:
+            if not f.is_relation or f.name == "org" or not f.many_to_one:
+                continue
+            target = f.related_model
+            if not _is_tenant_model(target):
+                continue
+            name = f"{table}_{f.column}_same_org"[:63]
+            statements.append(
+                f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name};"
+                f"ALTER TABLE {table} ADD CONSTRAINT {name} FOREIGN KEY (org_id, {f.column}) "
+                f"REFERENCES {target._meta.db_table} (org_id, id) ON DELETE NO ACTION;"
+            )
+        return statements
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        model = to_state.apps.get_model(app_label, self.model_name)
+        for statement in self._sql(model):
+            schema_editor.execute(statement)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        model = from_state.apps.get_model(app_label, self.model_name)
+        schema_editor.execute(disable_policy_sql(model._meta.db_table))
+
+    def describe(self):
+        return f"Enable tenant row-level security on {self.model_name}"
+
+    def deconstruct(self):
+        kwargs = {"model_name": self.model_name}
+        if self.platform:
+            kwargs["platform"] = True
+        return (self.__class__.__name__, [], kwargs)

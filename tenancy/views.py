@@ -1,0 +1,350 @@
+"""HTTP views for tenancy, and TenantAPIView: the base every tenant API view in every app derives from.
+
+TenantAPIView opens the organization's signed-out context inside the request's transaction, lets DRF
+authenticate under it, then narrows it to the signed-in member's role and purpose of use. Views here only
+translate between HTTP and tenancy.services.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import uuid
+
+from django.contrib.auth import login as django_login
+from django.contrib.auth import logout as django_logout
+from django.db import connections
+from django.http import HttpRequest, JsonResponse
+from django.middleware.csrf import get_token
+from django.views.decorators.csrf import ensure_csrf_cookie
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from . import services
+from .authentication import SESSION_LAST_SEEN, SESSION_MFA_PENDING, SESSION_ORG, AuthInfo, source_ip
+from .context import ANONYMOUS, TenantContext, activate, deactivate
+from .errors import ApiError, error_body
+from .models import Membership, Organization
+from .permissions import IsOrgAdmin
+from .serializers import (
+    BrandingSerializer,
+    LoginSerializer,
+    MembershipCreateSerializer,
+    MembershipSerializer,
+    MembershipUpdateSerializer,
+    OrganizationSettingsSerializer,
+    TotpCodeSerializer,
+)
+
+PURPOSE_HEADER = OpenApiParameter(
+    "X-Purpose-Of-Use", str, OpenApiParameter.HEADER, required=False,
+    enum=["treatment", "operations", "analytics", "audit", "emergency"],
+    description="Purpose of use for this request; defaults to the role's usual purpose.",
+)
+
+
+class TenantAPIView(APIView):
+    """Base view: the organization comes from the Host, the context from authentication."""
+
+    allow_mfa_pending = False
+
+    def initial(self, request: Request, *args, **kwargs) -> None:
+        django_request = request._request
+        org_id = getattr(django_request, "org_id", None)
+        if org_id is None:
+            raise ApiError("unknown_host", "No organization is served at this host.", 404)
+        self._context_tokens: list[contextvars.Token] = []
+        request_id = getattr(django_request, "request_id", uuid.uuid4().hex)
+        # Signed-out context first: enough to read the organization and confine the authentication lookups.
+        self._push(TenantContext(org_id=org_id, role=ANONYMOUS, request_id=request_id))
+        request.organization = services.get_organization(org_id)  # type: ignore[attr-defined]
+        super().initial(request, *args, **kwargs)
+        auth = request.auth
+        if isinstance(auth, AuthInfo):
+            purpose = services.check_purpose(auth.membership.role, request.headers.get("X-Purpose-Of-Use"))
+            self._push(
+                TenantContext(
+                    org_id=org_id, role=auth.membership.role, user_id=request.user.pk,
+                    purpose=purpose, request_id=request_id,
+                )
+            )
+            request.purpose = purpose  # type: ignore[attr-defined]
+
+    def _push(self, ctx: TenantContext) -> None:
+        self._context_tokens.append(activate(ctx))
+
+    def dispatch(self, request: HttpRequest, *args, **kwargs):
+        if not connections["default"].in_atomic_block:
+            # ATOMIC_REQUESTS is what makes the context transaction-local to this request; refuse without it.
+            return JsonResponse(error_body("internal_error", "Request is not in a transaction."), status=500)
+        self._context_tokens = []
+        try:
+            return super().dispatch(request, *args, **kwargs)
+        finally:
+            for token in reversed(self._context_tokens):
+                deactivate(token)
+
+
+# -- public ------------------------------------------------------------------------------------------
+
+
+class BrandingView(TenantAPIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(responses=BrandingSerializer, summary="The portal's branding for this host (no sign-in)")
+    def get(self, request: Request) -> Response:
+        org: Organization = request.organization  # type: ignore[attr-defined]
+        return Response(org.branding)
+
+
+@ensure_csrf_cookie
+def csrf_view(request: HttpRequest) -> JsonResponse:
+    """Hands the portal its CSRF token (also set as the csrftoken cookie)."""
+    return JsonResponse({"csrf_token": get_token(request)})
+
+
+# -- sign-in -----------------------------------------------------------------------------------------
+
+
+class _SignInBase(TenantAPIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    def _check(self, request: Request) -> services.SignIn | Response:
+        serializer = LoginSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        result = services.sign_in(
+            org=request.organization,  # type: ignore[attr-defined]
+            email=data["email"], password=data["password"], totp_code=data.get("totp", ""),
+            request_id=request._request.request_id, source_ip=source_ip(request._request),
+        )
+        if result.ok:
+            return result
+        # Returned, not raised: a raised error would roll back the failure count and lockout.
+        if result.error == "mfa_required":
+            body = error_body("mfa_required", "Enter the code from your authenticator app.", {"totp": ["Required."]})
+        else:
+            body = error_body(
+                "invalid_credentials",
+                "The email, password or code is not correct, or the account is temporarily locked.",
+            )
+        return Response(body, status=status.HTTP_401_UNAUTHORIZED)
+
+
+class LoginView(_SignInBase):
+    """Portal sign-in: a session cookie, CSRF-protected like every unsafe request on a session."""
+
+    @extend_schema(
+        request=LoginSerializer,
+        responses={200: inline_serializer("LoginResult", {
+            "user": serializers.DictField(), "organization": serializers.CharField(),
+            "role": serializers.CharField(), "mfa_enrollment_required": serializers.BooleanField(),
+        })},
+        summary="Sign in to this organization's portal (session cookie)",
+    )
+    def post(self, request: Request) -> Response:
+        from rest_framework.authentication import SessionAuthentication
+
+        SessionAuthentication().enforce_csrf(request)
+        result = self._check(request)
+        if isinstance(result, Response):
+            return result
+        django_request = request._request
+        django_login(django_request, result.user, backend="django.contrib.auth.backends.ModelBackend")
+        org: Organization = request.organization  # type: ignore[attr-defined]
+        django_request.session[SESSION_ORG] = str(org.id)
+        import time
+
+        django_request.session[SESSION_LAST_SEEN] = time.time()
+        django_request.session[SESSION_MFA_PENDING] = result.mfa_enrollment_required
+        assert result.user is not None and result.membership is not None
+        return Response(_me(result.user, result.membership, org, result.mfa_enrollment_required))
+
+
+class TokenView(_SignInBase):
+    """API clients: exchange credentials for a short-lived bearer token."""
+
+    @extend_schema(
+        request=LoginSerializer,
+        responses={201: inline_serializer("TokenResult", {
+            "token": serializers.CharField(), "token_type": serializers.CharField(),
+            "expires_at": serializers.DateTimeField(),
+        })},
+        summary="Issue a short-lived bearer token",
+    )
+    def post(self, request: Request) -> Response:
+        result = self._check(request)
+        if isinstance(result, Response):
+            return result
+        if result.mfa_enrollment_required:
+            raise ApiError(
+                "mfa_enrollment_required",
+                "This organization requires MFA: enroll an authenticator in the portal before using API tokens.",
+                403,
+            )
+        assert result.user is not None
+        raw, token = services.issue_api_token(user=result.user, org=request.organization)  # type: ignore[attr-defined]
+        return Response(
+            {"token": raw, "token_type": "Bearer", "expires_at": token.expires_at},
+            status=status.HTTP_201_CREATED,
+        )
+
+
+class LogoutView(TenantAPIView):
+    allow_mfa_pending = True
+
+    @extend_schema(request=None, responses={204: None}, summary="Sign out (ends the session or revokes the token)")
+    def post(self, request: Request) -> Response:
+        auth: AuthInfo = request.auth  # type: ignore[assignment]
+        if auth.token is not None:
+            services.revoke_token(auth.token)
+        services.record_auth_event(
+            kind="logout", outcome="success", org_id=request.organization.id,  # type: ignore[attr-defined]
+            user_id=request.user.pk, request_id=request._request.request_id,
+            source_ip=source_ip(request._request), reason=auth.method,
+        )
+        if auth.method == "session":
+            django_logout(request._request)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+def _me(user, membership: Membership, org: Organization, mfa_pending: bool) -> dict:
+    return {
+        "user": {"id": str(user.pk), "email": user.email, "full_name": user.full_name},
+        "organization": org.slug,
+        "role": membership.role,
+        "membership_id": str(membership.pk),
+        "mfa_enrolled": user.totp_confirmed,
+        "mfa_enrollment_required": mfa_pending,
+        "idle_timeout_minutes": org.idle_timeout_minutes,
+    }
+
+
+class MeView(TenantAPIView):
+    allow_mfa_pending = True
+
+    @extend_schema(parameters=[PURPOSE_HEADER], responses=dict, summary="Who is signed in, and as what")
+    def get(self, request: Request) -> Response:
+        auth: AuthInfo = request.auth  # type: ignore[assignment]
+        body = _me(request.user, auth.membership, request.organization, auth.mfa_pending)  # type: ignore[attr-defined]
+        body["purpose_of_use"] = request.purpose  # type: ignore[attr-defined]
+        return Response(body)
+
+
+# -- MFA ---------------------------------------------------------------------------------------------
+
+
+class TotpView(TenantAPIView):
+    allow_mfa_pending = True
+
+    @extend_schema(request=None, responses=dict, summary="Start TOTP enrollment: a secret and otpauth URI")
+    def post(self, request: Request) -> Response:
+        body = services.begin_totp_enrollment(user=request.user, org=request.organization)  # type: ignore[attr-defined,arg-type]
+        services.record_auth_event(
+            kind="mfa", outcome="enrollment_started", org_id=request.organization.id,  # type: ignore[attr-defined]
+            user_id=request.user.pk, request_id=request._request.request_id, source_ip=source_ip(request._request),
+        )
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=TotpCodeSerializer, responses={204: None}, summary="Remove the authenticator")
+    def delete(self, request: Request) -> Response:
+        serializer = TotpCodeSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        services.remove_totp(user=request.user, org=request.organization, code=serializer.validated_data["code"])  # type: ignore[attr-defined,arg-type]
+        services.record_auth_event(
+            kind="mfa", outcome="removed", org_id=request.organization.id,  # type: ignore[attr-defined]
+            user_id=request.user.pk, request_id=request._request.request_id, source_ip=source_ip(request._request),
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TotpConfirmView(TenantAPIView):
+    allow_mfa_pending = True
+
+    @extend_schema(request=TotpCodeSerializer, responses={204: None}, summary="Confirm TOTP enrollment with a code")
+    def post(self, request: Request) -> Response:
+        serializer = TotpCodeSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        services.confirm_totp_enrollment(user=request.user, code=serializer.validated_data["code"])  # type: ignore[arg-type]
+        services.record_auth_event(
+            kind="mfa", outcome="enrolled", org_id=request.organization.id,  # type: ignore[attr-defined]
+            user_id=request.user.pk, request_id=request._request.request_id, source_ip=source_ip(request._request),
+        )
+        auth: AuthInfo = request.auth  # type: ignore[assignment]
+        if auth.method == "session":
+            request._request.session[SESSION_MFA_PENDING] = False
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# -- organization administration ---------------------------------------------------------------------
+
+
+class OrganizationSettingsView(TenantAPIView):
+    permission_classes = [IsOrgAdmin]
+
+    @extend_schema(responses=OrganizationSettingsSerializer, summary="This organization's branding and security settings")
+    def get(self, request: Request) -> Response:
+        return Response(OrganizationSettingsSerializer(request.organization).data)  # type: ignore[attr-defined]
+
+    @extend_schema(request=OrganizationSettingsSerializer, responses=OrganizationSettingsSerializer)
+    def patch(self, request: Request) -> Response:
+        serializer = OrganizationSettingsSerializer(request.organization, data=request.data, partial=True)  # type: ignore[attr-defined]
+        serializer.is_valid(raise_exception=True)
+        serializer.save()
+        from .middleware import host_cache
+
+        host_cache.clear()
+        return Response(serializer.data)
+
+
+def get_membership_for_user(request: Request, membership_id: uuid.UUID) -> Membership:
+    """The membership, if it is in this organization (RLS confines the query); otherwise 404."""
+    membership = Membership.objects.select_related("user").filter(pk=membership_id).first()
+    if membership is None:
+        raise ApiError("not_found", "Not found.", 404)
+    return membership
+
+
+class MembershipListView(TenantAPIView):
+    permission_classes = [IsOrgAdmin]
+
+    @extend_schema(responses=MembershipSerializer(many=True), summary="Members of this organization")
+    def get(self, request: Request) -> Response:
+        from rest_framework.pagination import CursorPagination
+
+        paginator = CursorPagination()
+        paginator.ordering = "created_at"
+        page = paginator.paginate_queryset(Membership.objects.select_related("user"), request, view=self)
+        return paginator.get_paginated_response(MembershipSerializer(page, many=True).data)
+
+    @extend_schema(request=MembershipCreateSerializer, responses={201: MembershipSerializer})
+    def post(self, request: Request) -> Response:
+        serializer = MembershipCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        _, membership, _ = services.ensure_member(
+            org=request.organization, email=data["email"], role=data["role"],  # type: ignore[attr-defined]
+            password=None, full_name=data.get("full_name", ""),
+        )
+        return Response(MembershipSerializer(membership).data, status=status.HTTP_201_CREATED)
+
+
+class MembershipDetailView(TenantAPIView):
+    permission_classes = [IsOrgAdmin]
+
+    @extend_schema(responses=MembershipSerializer)
+    def get(self, request: Request, membership_id: uuid.UUID) -> Response:
+        return Response(MembershipSerializer(get_membership_for_user(request, membership_id)).data)
+
+    @extend_schema(request=MembershipUpdateSerializer, responses=MembershipSerializer)
+    def patch(self, request: Request, membership_id: uuid.UUID) -> Response:
+        membership = get_membership_for_user(request, membership_id)
+        serializer = MembershipUpdateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        services.change_role(membership=membership, role=serializer.validated_data["role"], actor=request.user)  # type: ignore[arg-type]
+        return Response(MembershipSerializer(membership).data)

@@ -1,0 +1,3 @@
+"""WebSocket routes (signalling arrives with the video issue)."""
+
+websocket_urlpatterns: list = []
