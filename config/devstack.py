@@ -227,7 +227,7 @@ def main(argv: list[str]) -> int:
     if command == "run":
         return cmd_run()
     if command == "test":
-        return cmd_pytest(rest, "telemed_test")
+        return cmd_pytest(rest, os.environ.get("TEST_DATABASE_NAME", "telemed_test"))
     if command == "bench":
         return cmd_pytest(["tests/bench", "-p", "no:randomly", "-m", "bench", *rest], "telemed_bench")
     print(f"unknown command {command!r}", file=sys.stderr)

@@ -54,8 +54,8 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         token = find_live_token(raw, org) if raw else None
         if token is None:
             raise exceptions.AuthenticationFailed("The token is invalid, expired or revoked.", code="invalid_token")
-        membership = Membership.objects.filter(user_id=token.user_id, is_active=True).first()
-        if membership is None or not token.user.is_active:
+        membership = token.membership
+        if not membership.is_active or not token.user.is_active:
             raise exceptions.AuthenticationFailed("The token is invalid, expired or revoked.", code="invalid_token")
         return token.user, AuthInfo(membership=membership, method="token", token=token)
 

@@ -99,8 +99,25 @@ def activate(ctx: TenantContext, using: str = "default") -> contextvars.Token:
     return _current.set(ctx)
 
 
-def deactivate(token: contextvars.Token) -> None:
+def deactivate(token: contextvars.Token, using: str = "default", outer_blocks: int = 1) -> None:
+    """Forget a context opened with `activate`.
+
+    `outer_blocks` is how many transaction blocks belong to the caller (a request has one). If more are open,
+    a longer transaction goes on after this one (a test, a nested call): give the database back the outer
+    context, so nothing after this block runs with the inner one.
+    """
     _current.reset(token)
+    _restore_outer(using, outer_blocks)
+
+
+def _restore_outer(using: str, outer_blocks: int) -> None:
+    """If more than `outer_blocks` transaction blocks stay open, hand the database the outer context."""
+    connection = connections[using]
+    if len(connection.atomic_blocks) <= outer_blocks or connection.needs_rollback:
+        return
+    outer = _current.get()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config(%s, %s, true)", [CONTEXT_SETTING, outer.signed() if outer else ""])
 
 
 @contextmanager
@@ -127,6 +144,8 @@ def tenant_context(
             yield ctx
         finally:
             _current.reset(token)
+    # Nested in a longer transaction, the setting would outlive this block: restore the outer one.
+    _restore_outer(using, outer_blocks=0)
 
 
 def platform_context(using: str = "default"):

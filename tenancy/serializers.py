@@ -40,17 +40,17 @@ class OrganizationSettingsSerializer(serializers.ModelSerializer):
 
 class MembershipSerializer(serializers.ModelSerializer):
     email = serializers.EmailField(source="user.email", read_only=True)
-    full_name = serializers.CharField(source="user.full_name", read_only=True)
 
     class Meta:
         model = Membership
-        fields = ["id", "email", "full_name", "role", "is_active", "created_at"]
+        fields = ["id", "email", "display_name", "role", "is_active", "created_at"]
+        read_only_fields = fields
 
 
 class MembershipCreateSerializer(serializers.Serializer):
     email = serializers.EmailField(max_length=254)
     role = serializers.ChoiceField(choices=Role.choices)
-    full_name = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    display_name = serializers.CharField(max_length=200, required=False, allow_blank=True)
 
 
 class MembershipUpdateSerializer(serializers.Serializer):

@@ -89,7 +89,7 @@ def ensure_member(*, org: Organization, email: str, role: str, password: str | N
     membership = Membership.objects.filter(user=user).first()
     created = membership is None
     if membership is None:
-        membership = Membership(org_id=org.id, user=user, role=role)
+        membership = Membership(org_id=org.id, user=user, role=role, display_name=full_name or user.full_name)
         membership.save()
     elif membership.role != role:
         membership.role = role
@@ -230,12 +230,12 @@ def hash_token(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def issue_api_token(*, user: User, org: Organization) -> tuple[str, ApiToken]:
+def issue_api_token(*, membership: Membership) -> tuple[str, ApiToken]:
     require_context(ApiToken)
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
     now = timezone.now()
     token = ApiToken(
-        org_id=org.id, user=user, key_hash=hash_token(raw), prefix=raw[:10],
+        org_id=membership.org_id, user_id=membership.user_id, membership=membership, key_hash=hash_token(raw), prefix=raw[:10],
         expires_at=now + timedelta(minutes=settings.API_TOKEN_TTL_MINUTES), last_used_at=now,
     )
     token.save()
@@ -247,7 +247,7 @@ def find_live_token(raw: str, org: Organization) -> ApiToken | None:
     require_context(ApiToken)
     if not raw.startswith(TOKEN_PREFIX) or len(raw) > 100:
         return None
-    token = ApiToken.objects.select_related("user").filter(key_hash=hash_token(raw)).first()
+    token = ApiToken.objects.select_related("user", "membership").filter(key_hash=hash_token(raw)).first()
     now = timezone.now()
     if token is None or token.revoked_at is not None or token.expires_at <= now:
         return None

@@ -187,8 +187,8 @@ class TokenView(_SignInBase):
                 "This organization requires MFA: enroll an authenticator in the portal before using API tokens.",
                 403,
             )
-        assert result.user is not None
-        raw, token = services.issue_api_token(user=result.user, org=request.organization)  # type: ignore[attr-defined]
+        assert result.membership is not None
+        raw, token = services.issue_api_token(membership=result.membership)
         return Response(
             {"token": raw, "token_type": "Bearer", "expires_at": token.expires_at},
             status=status.HTTP_201_CREATED,
@@ -329,7 +329,7 @@ class MembershipListView(TenantAPIView):
         data = serializer.validated_data
         _, membership, _ = services.ensure_member(
             org=request.organization, email=data["email"], role=data["role"],  # type: ignore[attr-defined]
-            password=None, full_name=data.get("full_name", ""),
+            password=None, full_name=data.get("display_name", ""),
         )
         return Response(MembershipSerializer(membership).data, status=status.HTTP_201_CREATED)
 
