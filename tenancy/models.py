@@ -215,6 +215,8 @@ class Membership(TenantModel):
             *TenantModel.Meta.constraints,
             models.UniqueConstraint(fields=["org", "user"], name="tenancy_membership_one_per_org"),
         ]
+        # The member list pages by created_at within one organization (tests/tenancy/test_explain.py).
+        indexes: ClassVar[list] = [models.Index(fields=["org", "created_at"])]
 
     def __str__(self) -> str:
         return f"{self.user_id}@{self.org_id}:{self.role}"
