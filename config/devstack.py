@@ -76,6 +76,30 @@ class Postgres:
             self.server = None
 
 
+class Vault:
+    """The OpenBao to use: the one VAULT_ADDR names (with its credentials), or one started here."""
+
+    def __init__(self, persistent: bool, workdir: Path) -> None:
+        self.persistent, self.workdir = persistent, workdir
+        self.server = None
+
+    def start(self) -> dict:
+        if os.environ.get("VAULT_ADDR"):
+            log("Using the Vault named by VAULT_ADDR.")
+            return {}
+        from config.devvault import DevVault
+
+        log(f"Starting OpenBao ({'kept in ' + str(self.workdir) if self.persistent else 'in memory'})...")
+        self.server = DevVault(self.workdir, persistent=self.persistent)
+        return self.server.start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            log("Stopping OpenBao.")
+            self.server.stop()
+            self.server = None
+
+
 def role_url(admin_url: str, user: str, password: str, dbname: str) -> str:
     import psycopg
 
@@ -138,6 +162,7 @@ class Processes:
 
 def cmd_run() -> int:
     pg = Postgres()
+    vault = Vault(persistent=True, workdir=DATA / "openbao")
     procs = Processes()
     stopping = False
 
@@ -150,6 +175,7 @@ def cmd_run() -> int:
     try:
         admin_url = pg.start()
         env = stack_environment(admin_url, os.environ.get("DATABASE_NAME", "telemed"), debug=True)
+        env.update(vault.start())
         manage(env, "bootstrap_db")
         manage(env, "seed_demo")
         host = os.environ.get("HOST", "127.0.0.1")
@@ -171,6 +197,7 @@ def cmd_run() -> int:
         log("Stopping...")
     finally:
         procs.stop()
+        vault.stop()
         pg.stop()
     return 0
 
@@ -207,15 +234,18 @@ def print_welcome(port: str) -> None:
 
 def cmd_pytest(args: list[str], dbname: str) -> int:
     pg = Postgres()
+    vault = Vault(persistent=False, workdir=DATA / f"openbao-{dbname}")
     try:
         admin_url = pg.start()
         env = stack_environment(admin_url, dbname, debug=False)
+        env.update(vault.start())
         manage(env, "bootstrap_db", "--recreate")
         result = subprocess.run([PYTHON, "-m", "pytest", *args], env=env, cwd=ROOT)
         return result.returncode
     except KeyboardInterrupt:
         return 130
     finally:
+        vault.stop()
         pg.stop()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import warnings
 from pathlib import Path
 
 import dj_database_url
@@ -184,6 +185,8 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "/static/"
+# Production runs collectstatic into STATIC_ROOT; development and tests serve from the apps (finders).
+warnings.filterwarnings("ignore", message="No directory at", module="whitenoise.base")
 STATIC_ROOT = BASE_DIR / "staticfiles"
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
@@ -247,3 +250,13 @@ LOGGING = {
     },
 }
 CSRF_FAILURE_VIEW = "tenancy.errors.csrf_failure"
+
+# Vault / OpenBao (keys for health information). The launcher starts a dev OpenBao when VAULT_ADDR is unset.
+VAULT_TOKEN = os.environ.get("VAULT_TOKEN", "")
+VAULT_ROLE_ID = os.environ.get("VAULT_ROLE_ID", "")
+VAULT_SECRET_ID = os.environ.get("VAULT_SECRET_ID", "")
+VAULT_OPS_TOKEN = os.environ.get("VAULT_OPS_TOKEN", "")
+VAULT_TRANSIT_MOUNT = os.environ.get("VAULT_TRANSIT_MOUNT", "transit")
+VAULT_TIMEOUT_SECONDS = float(os.environ.get("VAULT_TIMEOUT_SECONDS", "2"))
+VAULT_KEY_ROTATION_PERIOD = os.environ.get("VAULT_KEY_ROTATION_PERIOD", "2160h")
+DATA_KEY_CACHE_TTL_SECONDS = env_int("DATA_KEY_CACHE_TTL_SECONDS", 300)

@@ -16,6 +16,8 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 
 from .context import NoTenantContext
+from .crypto.envelope import CiphertextError
+from .crypto.vault import KeyServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +92,23 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
         return Response(
             error_body("conflict", "The request conflicts with existing data."), status=status.HTTP_409_CONFLICT
         )
+    elif isinstance(exc, KeyServiceError):
+        # Vault unreachable, a refused credential, or the organization's key gone: never plaintext, never a guess.
+        logger.warning("key service unavailable: %s", exc)
+        return Response(
+            error_body(
+                "key_service_unavailable",
+                "Health information is temporarily unavailable: the key service cannot be reached. Try again shortly.",
+            ),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "5"},
+        )
+    elif isinstance(exc, CiphertextError):
+        logger.error("stored value failed authentication: %s", exc)
+        return Response(
+            error_body("data_integrity_error", "A stored value failed its integrity check; it was not returned."),
+            status=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        )
     elif isinstance(exc, NoTenantContext):
         logger.error("tenant data touched without a tenant context", exc_info=exc)
         return Response(
@@ -118,8 +137,10 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
             items = _flatten(detail)
             message = items[0] if isinstance(items, list) and items else str(items)
     else:
+        # The exception's own code when it has one: a 401 says why (invalid_token, session_expired, ...),
+        # which tells a client whether to refresh a token or send the user back to the sign-in page.
         detail_code = exc.get_codes() if hasattr(exc, "get_codes") else None
-        if isinstance(detail_code, str) and exc.status_code != 401:
+        if isinstance(detail_code, str):
             code = {"parse_error": "malformed_json", "error": code}.get(detail_code, detail_code)
         message = str(exc.detail)
     return Response(error_body(code, message, fields), status=exc.status_code, headers=headers)

@@ -44,8 +44,12 @@ def _redis() -> str | None:
 
 
 def _vault() -> str | None:
-    # Any answer from sys/health means reachable; 503 (sealed) or 501 (uninitialized) is not ready.
-    request = urllib.request.Request(settings.VAULT_ADDR.rstrip("/") + "/v1/sys/health", method="GET")
+    return _vault_at(settings.VAULT_ADDR)
+
+
+def _vault_at(addr: str) -> str | None:
+    # Active (200) or a standby that forwards (429, 472, 473) is ready; sealed (503) or uninitialized is not.
+    request = urllib.request.Request(addr.rstrip("/") + "/v1/sys/health", method="GET")
     try:
         with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 (operator-set URL)
             return None if response.status in (200, 429, 472, 473) else f"status {response.status}"

@@ -63,6 +63,9 @@ def create_organization(
         created = org is None
         if org is None:
             org = Organization.objects.create(slug=slug, name=name, require_mfa=require_mfa, **branding)
+    from .crypto.operations import provision_org_key
+
+    provision_org_key(org.id)  # the organization's own Transit key, before any of its data exists
     with platform_context():
         for i, hostname in enumerate(domains):
             hostname = hostname.lower().rstrip(".")
@@ -89,12 +92,31 @@ def ensure_member(*, org: Organization, email: str, role: str, password: str | N
     membership = Membership.objects.filter(user=user).first()
     created = membership is None
     if membership is None:
-        membership = Membership(org_id=org.id, user=user, role=role, display_name=full_name or user.full_name)
+        # Only the name given here: an existing user's global full_name was given to another clinic, and
+        # copying it would show this one who they are elsewhere.
+        membership = Membership(org_id=org.id, user=user, role=role, display_name=full_name)
         membership.save()
     elif membership.role != role:
         membership.role = role
         membership.save(update_fields=["role"])
     return user, membership, created
+
+
+def add_member(*, org: Organization, email: str, role: str, display_name: str = "") -> Membership:
+    """An administrator adds a person to this organization; someone already in it is a conflict.
+
+    Re-adding never changes a role (that is PATCH's job, which refuses an administrator demoting themself).
+    Whether the address has an account in another organization changes nothing in the answer.
+    """
+    require_context(Membership)
+    email = email.strip().lower()
+    if Membership.objects.filter(user__email=email).exists():  # row-level security: this organization only
+        raise ApiError(
+            "already_member", "This person is already a member; change their role instead.", 409,
+            {"email": ["Already a member of this organization."]},
+        )
+    _, membership, _ = ensure_member(org=org, email=email, role=role, password=None, full_name=display_name)
+    return membership
 
 
 # -- sign-in events ------------------------------------------------------------------------------------

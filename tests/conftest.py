@@ -7,6 +7,7 @@ Tests then run as the runtime role: the one the server uses, bound by row-level 
 
 from __future__ import annotations
 
+import datetime
 import json
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -16,7 +17,9 @@ import pytest
 from django.conf import settings
 from django.test import Client
 
+from clinic.models import Patient
 from tenancy.context import platform_context, tenant_context
+from tenancy.crypto.keyring import keyring
 from tenancy.models import Role
 from tenancy.services import create_organization, ensure_member
 
@@ -24,11 +27,30 @@ PASSWORD = "Test-Clinic-Pass-2026"
 ROLES = [Role.ORG_ADMIN, Role.PRACTITIONER, Role.STAFF, Role.AUDITOR, Role.PATIENT]
 
 
+# Synthetic patients with unmistakable values: tests/tenancy/test_encryption.py looks for them in a pg_dump.
+SEEDED_PATIENTS = {
+    "alpha": [
+        {"given_name": "Quorvinda", "family_name": "Zephyrhollow", "email": "quorvinda.z@alpha-patients.test",
+         "health_card_number": "7391 846 205-QZ", "phone": "+1-555-7391", "birth_date": datetime.date(1961, 3, 14),
+         "address": {"line": "12 Larkspur Row", "city": "Eastvale"}},
+        {"given_name": "Brannoch", "family_name": "Ilvermoor", "email": "brannoch.i@alpha-patients.test",
+         "health_card_number": "5520 913 477-BI", "phone": "+1-555-5520", "birth_date": datetime.date(1984, 11, 2),
+         "address": {"line": "3 Juniper Close", "city": "Eastvale"}},
+    ],
+    "beta": [
+        {"given_name": "Thessaly", "family_name": "Orrinwick", "email": "thessaly.o@beta-patients.test",
+         "health_card_number": "8802 114 639-TO", "phone": "+1-555-8802", "birth_date": datetime.date(1973, 6, 30),
+         "address": {"line": "88 Quay Street", "city": "Westport"}},
+    ],
+}
+
+
 @dataclass
 class Clinic:
     org: object
     host: str
     members: dict = field(default_factory=dict)  # role -> (user, membership)
+    patients: list = field(default_factory=list)
 
     def user(self, role: str):
         return self.members[role][0]
@@ -51,6 +73,8 @@ def _make_clinic(slug: str, require_mfa: bool = False) -> Clinic:
                 org=org, email=f"{role}@{slug}.test", role=role, password=PASSWORD, full_name=f"{slug} {role}"
             )
             clinic.members[role] = (user, membership)
+        for record in SEEDED_PATIENTS.get(slug, []):
+            clinic.patients.append(Patient.objects.create(org_id=org.id, **record))
     return clinic
 
 
@@ -69,6 +93,14 @@ def django_db_setup(django_db_blocker):
 @pytest.fixture
 def clinics(django_db_setup, db):
     return django_db_setup
+
+
+@pytest.fixture(autouse=True)
+def _fresh_key_cache():
+    """Each test starts with no unwrapped key in memory (a key made in a rolled-back test must not linger)."""
+    keyring.purge()
+    yield
+    keyring.purge()
 
 
 @pytest.fixture

@@ -3,12 +3,15 @@
 Every name here is synthetic. The sign-ins are written to .data/demo-signins.json for the launcher to print.
 """
 
+import datetime
+import hashlib
 import json
 from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from clinic.models import Patient
 from tenancy.context import tenant_context
 from tenancy.models import Role
 from tenancy.services import create_organization, ensure_member
@@ -60,6 +63,21 @@ CLINICS = [
 ]
 
 
+def synthetic_record(name: str, email: str) -> dict:
+    """A made-up but plausible record, derived from the name so re-seeding gives the same values."""
+    digits = int(hashlib.sha256(name.encode()).hexdigest(), 16)
+    given, family = name.split()
+    return {
+        "given_name": given,
+        "family_name": family,
+        "birth_date": datetime.date(1940 + digits % 70, 1 + digits % 12, 1 + digits % 28),
+        "email": email,
+        "phone": f"+1-555-{digits % 10000:04d}",
+        "address": {"line": f"{digits % 900 + 100} Example Street", "city": "Springfield", "country": "CA"},
+        "health_card_number": f"{digits % 10**10:010d}-{'ABCDEFGHJK'[digits % 10]}{'LMNPQRSTVW'[digits // 10 % 10]}",
+    }
+
+
 class Command(BaseCommand):
     help = "Seed the two demo clinics (idempotent)."
 
@@ -80,10 +98,12 @@ class Command(BaseCommand):
                 people.append((f"{first}.{last}@patients.{clinic['slug']}.example", Role.PATIENT, name))
             with tenant_context(org_id=org.id, role="platform"):
                 for email, role, name in people:
-                    _, _, member_created = ensure_member(
+                    user, _, member_created = ensure_member(
                         org=org, email=email, role=role, password=DEMO_PASSWORD, full_name=name
                     )
                     created_any |= member_created
+                    if role == Role.PATIENT and not Patient.objects.filter(user=user).exists():
+                        Patient.objects.create(org_id=org.id, user=user, **synthetic_record(name, email))
             summary[clinic["slug"]] = {
                 "name": clinic["name"],
                 "host": clinic["host"],

@@ -1,0 +1,12 @@
+# Policy for the application server (web workers, consumers, shipper).
+# It may use each organization's Transit key, never manage one: no create, configure, rotate or delete.
+# Without "create" on transit/encrypt, encrypting to a deleted key cannot recreate it (and the mount has
+# disable_upsert=true as a second guard).
+path "transit/encrypt/org-*"          { capabilities = ["update"] }
+path "transit/decrypt/org-*"          { capabilities = ["update"] }
+path "transit/datakey/plaintext/org-*" { capabilities = ["update"] }
+path "transit/datakey/wrapped/org-*"   { capabilities = ["update"] }
+
+# Keep its own token alive.
+path "auth/token/renew-self"  { capabilities = ["update"] }
+path "auth/token/lookup-self" { capabilities = ["read"] }

@@ -1,0 +1,1 @@
+"""Per-organization envelope encryption of health information, with keys from Vault (OpenBao) Transit."""
