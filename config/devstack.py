@@ -110,7 +110,7 @@ def role_url(admin_url: str, user: str, password: str, dbname: str) -> str:
     return f"postgresql://{netloc}/{dbname}"
 
 
-def stack_environment(admin_url: str, dbname: str, debug: bool) -> dict:
+def stack_environment(admin_url: str, dbname: str, debug: bool = False, demo: bool = False) -> dict:
     values = dev_secrets()
     prefix = dbname.replace("-", "_")
     env = dict(os.environ)
@@ -126,7 +126,11 @@ def stack_environment(admin_url: str, dbname: str, debug: bool) -> dict:
         }
     )
     if debug:
-        # The demo is served over plain http on *.localhost; production keeps secure cookies (README).
+        env.setdefault("DJANGO_SECURE_COOKIES", "false")
+    elif demo:
+        # The demo runs with production settings but over plain http on loopback names only, which the
+        # settings allow for insecure cookies and nothing else (README: how production differs).
+        env.setdefault("DJANGO_ALLOWED_HOSTS", ".localhost,localhost,127.0.0.1")
         env.setdefault("DJANGO_SECURE_COOKIES", "false")
     else:
         env.setdefault("DJANGO_ALLOWED_HOSTS", ".localhost,localhost,testserver,127.0.0.1")
@@ -174,7 +178,7 @@ def cmd_run() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         admin_url = pg.start()
-        env = stack_environment(admin_url, os.environ.get("DATABASE_NAME", "telemed"), debug=True)
+        env = stack_environment(admin_url, os.environ.get("DATABASE_NAME", "telemed"), demo=True)
         env.update(vault.start())
         manage(env, "bootstrap_db")
         manage(env, "seed_demo")

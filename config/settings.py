@@ -62,12 +62,17 @@ SESSION_SAVE_EVERY_REQUEST = False
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
 
+def _is_loopback(host: str) -> bool:
+    return host in {"localhost", "127.0.0.1", "[::1]", "testserver"} or host.endswith(".localhost")
+
+
 if not DEBUG:
     problems = []
     if not SECRET_KEY or SECRET_KEY == DEV_SECRET_KEY or len(SECRET_KEY) < 32:
         problems.append("DJANGO_SECRET_KEY must be set to a random value of at least 32 characters")
-    if not COOKIES_SECURE:
-        problems.append("DJANGO_SECURE_COOKIES may not be false with DEBUG off")
+    if not COOKIES_SECURE and not all(_is_loopback(host) for host in ALLOWED_HOSTS):
+        # Plain-http cookies are tolerated only for a demo that answers on loopback names alone.
+        problems.append("DJANGO_SECURE_COOKIES may not be false with DEBUG off unless every allowed host is loopback")
     if not ALLOWED_HOSTS:
         problems.append("DJANGO_ALLOWED_HOSTS must list the portal hostnames")
     if "*" in ALLOWED_HOSTS:
@@ -139,12 +144,13 @@ def _database(url: str) -> dict:
 # DATABASE_URL: the runtime role (not the owner, no BYPASSRLS). DATABASE_OWNER_URL: the role that owns the
 # tables and runs migrations. The development launcher derives both from one admin URL (README).
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
-DATABASE_OWNER_URL = os.environ.get("DATABASE_OWNER_URL", "") or DATABASE_URL
+DATABASE_OWNER_URL = os.environ.get("DATABASE_OWNER_URL", "")
 DATABASES = {
     "default": _database(DATABASE_URL) if DATABASE_URL else {"ENGINE": "django.db.backends.dummy"},
 }
 if DATABASE_URL:
-    DATABASES["owner"] = _database(DATABASE_OWNER_URL)
+    # Without DATABASE_OWNER_URL, "owner" is the runtime role, which cannot migrate: that fails loudly.
+    DATABASES["owner"] = _database(DATABASE_OWNER_URL or DATABASE_URL)
     DATABASES["owner"]["ATOMIC_REQUESTS"] = False
     DATABASES["owner"]["TEST"] = {"MIRROR": None}
 DATABASE_ROUTERS = ["tenancy.routers.OwnerOnlyMigrates"]

@@ -6,7 +6,7 @@ from django.core.checks import Error, register
 
 @register()
 def runtime_role_is_not_owner(app_configs, **kwargs):
-    if settings.DATABASE_URL and settings.DATABASE_URL == settings.DATABASE_OWNER_URL:
+    if settings.DATABASE_OWNER_URL and settings.DATABASE_URL == settings.DATABASE_OWNER_URL:
         return [
             Error(
                 "DATABASE_URL and DATABASE_OWNER_URL are the same: the server would connect as the table owner.",

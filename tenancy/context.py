@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import psycopg
 from django.conf import settings
 from django.db import connections, transaction
 
@@ -86,11 +87,16 @@ def apply(ctx: TenantContext, using: str = "default") -> None:
     connection = connections[using]
     if not connection.in_atomic_block:
         raise NoTenantContext("a tenant context is transaction-local: open a transaction first")
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT set_config(%s, %s, true), set_config(%s, %s, true)",
-            [CONTEXT_SETTING, ctx.signed(), REQUEST_ID_SETTING, ctx.request_id],
-        )
+    _set_config(connection, [CONTEXT_SETTING, ctx.signed(), REQUEST_ID_SETTING, ctx.request_id])
+
+
+def _set_config(connection, pairs: list[str]) -> None:
+    """set_config with the values bound server-side: Django binds client-side by default, which would put the
+    signed context in the query text that every session of the runtime role can read in pg_stat_activity."""
+    connection.ensure_connection()
+    calls = ", ".join(["set_config(%s, %s, true)"] * (len(pairs) // 2))
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(f"SELECT {calls}", pairs)
 
 
 def activate(ctx: TenantContext, using: str = "default") -> contextvars.Token:
@@ -116,8 +122,7 @@ def _restore_outer(using: str, outer_blocks: int) -> None:
     if len(connection.atomic_blocks) <= outer_blocks or connection.needs_rollback:
         return
     outer = _current.get()
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT set_config(%s, %s, true)", [CONTEXT_SETTING, outer.signed() if outer else ""])
+    _set_config(connection, [CONTEXT_SETTING, outer.signed() if outer else ""])
 
 
 @contextmanager

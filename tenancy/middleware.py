@@ -86,7 +86,7 @@ class OrganizationByHostMiddleware:
         try:
             host = request.get_host()
         except DisallowedHost:
-            return json_error("unknown_host", "This host is not served here.", 400)
+            return json_error("unknown_host", "No organization is served at this host.", 404)
         if HOST_AGNOSTIC.match(request.path):
             return self.get_response(request)
         hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host

@@ -3,7 +3,7 @@
 `TenantModel` is the declarative way for a model to be tenant-scoped: it gets an application-generated UUID
 primary key, an `org` foreign key, a unique `(org, id)` pair that other tenant tables reference with
 composite foreign keys, and a manager that refuses to run without a tenant context. Its migration must
-apply `tenancy.operations.EnableTenantRLS`; tests/tenancy/test_catalog.py fails the build if it does not.
+apply `tenancy.rls.EnableTenantRLS`; tests/tenancy/test_catalog.py fails the build if it does not.
 """
 
 from __future__ import annotations

@@ -292,3 +292,34 @@ def test_signing_uses_the_configured_key():
     assert signature == sign_context_body(body)
     with tenant_context(org_id=None, role="platform"):
         pass
+
+
+def test_another_session_cannot_copy_the_signed_context_from_pg_stat_activity(clinics, alpha):
+    """The runtime role sees its other sessions' query text; the signed context must not be in it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connections
+
+    def hold_a_context_open(started, release):
+        try:
+            with in_context(alpha.org):
+                started.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+    with ThreadPoolExecutor(1) as pool, psycopg.connect(runtime_conninfo(), autocommit=True) as spy:
+        future = pool.submit(hold_a_context_open, started, release)
+        assert started.wait(10)
+        try:
+            texts = [row[0] or "" for row in spy.execute(
+                "SELECT query FROM pg_stat_activity WHERE usename = current_user AND pid <> pg_backend_pid()"
+            ).fetchall()]
+        finally:
+            release.set()
+            future.result()
+    assert any("set_config" in text for text in texts), texts
+    assert not any("v1|" in text for text in texts), "a signed context is readable in pg_stat_activity"

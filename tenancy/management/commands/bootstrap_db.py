@@ -1,7 +1,8 @@
 """Create the database, its owner and runtime roles, migrate as the owner and install the context key.
 
-Idempotent: safe to run on every start. Needs an admin connection (a superuser, or a role with CREATEROLE and
-CREATEDB) given by --admin-url or DATABASE_ADMIN_URL; role names, passwords and the database name come from
+Idempotent: safe to run on every start. Needs an admin connection (a superuser; on PostgreSQL 16+ a
+CREATEROLE role cannot re-assert NOSUPERUSER/NOBYPASSRLS, so use deploy/postgres/roles.sql instead) given by
+--admin-url or DATABASE_ADMIN_URL; role names, passwords and the database name come from
 DATABASE_URL (runtime role) and DATABASE_OWNER_URL (owner). deploy/postgres/roles.sql is the same thing for a
 DBA who would rather read and run SQL.
 """
@@ -73,6 +74,8 @@ class Command(BaseCommand):
         admin_url = options["admin_url"]
         runtime = _parts(settings.DATABASE_URL)
         owner = _parts(settings.DATABASE_OWNER_URL)
+        if not settings.DATABASE_OWNER_URL:
+            raise CommandError("bootstrap_db needs DATABASE_OWNER_URL (the role that owns the tables) besides DATABASE_URL")
         if not runtime["user"] or not owner["user"]:
             raise CommandError("DATABASE_URL and DATABASE_OWNER_URL must each name a user")
         if runtime["user"] == owner["user"]:

@@ -6,6 +6,7 @@ MFA is required unless --no-require-mfa is given: a real clinic starts safe.
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.text import slugify
 
+from tenancy.crypto.vault import KeyServiceError
 from tenancy.services import create_organization
 
 
@@ -37,5 +38,10 @@ class Command(BaseCommand):
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
+        except KeyServiceError as exc:
+            raise CommandError(
+                f"cannot create the organization's key in Vault: {exc}. Set VAULT_ADDR and VAULT_OPS_TOKEN "
+                "(an operator's credential, deploy/openbao/ops.hcl) and run the command again."
+            ) from exc
         verb = "Created" if created else "Already present:"
         self.stdout.write(f"{verb} organization {org.slug} ({org.id}); MFA required: {org.require_mfa}")
