@@ -34,16 +34,22 @@ class Sealed(bytes):
 
     @property
     def key_id(self) -> uuid.UUID:
-        return parse(self)[1]
+        if len(self) < HEADER + TAG:
+            raise CiphertextError("encrypted value is truncated")
+        return uuid.UUID(bytes=self[1:17])
 
 
 def associated_data(org_id: uuid.UUID | str, table: str, column: str, pk: uuid.UUID | str) -> bytes:
     return f"v1|{org_id}|{table}|{column}|{pk}".encode()
 
 
-def seal(key_id: uuid.UUID, key: bytes, plaintext: bytes, aad: bytes) -> Sealed:
+def cipher_for(key: bytes | AESGCM) -> AESGCM:
+    return key if isinstance(key, AESGCM) else AESGCM(key)
+
+
+def seal(key_id: uuid.UUID, key: bytes | AESGCM, plaintext: bytes, aad: bytes) -> Sealed:
     nonce = os.urandom(12)
-    return Sealed(bytes([FORMAT_V1]) + key_id.bytes + nonce + AESGCM(key).encrypt(nonce, plaintext, aad))
+    return Sealed(bytes([FORMAT_V1]) + key_id.bytes + nonce + cipher_for(key).encrypt(nonce, plaintext, aad))
 
 
 def parse(blob: bytes) -> tuple[int, uuid.UUID, bytes, bytes]:
@@ -55,10 +61,13 @@ def parse(blob: bytes) -> tuple[int, uuid.UUID, bytes, bytes]:
     return version, uuid.UUID(bytes=bytes(blob[1:17])), bytes(blob[17:29]), bytes(blob[29:])
 
 
-def open_sealed(blob: bytes, key: bytes, aad: bytes) -> bytes:
-    _, _, nonce, body = parse(blob)
+def open_sealed(blob: bytes, key: bytes | AESGCM, aad: bytes) -> bytes:
+    if len(blob) < HEADER + TAG:
+        raise CiphertextError("encrypted value is truncated")
+    if blob[0] != FORMAT_V1:
+        raise CiphertextError(f"encrypted value has unknown format version {blob[0]}")
     try:
-        return AESGCM(key).decrypt(nonce, body, aad)
+        return cipher_for(key).decrypt(blob[17:29], blob[29:], aad)
     except InvalidTag as exc:
         raise CiphertextError(
             "encrypted value failed authentication: it belongs to another row, column or organization, "

@@ -14,6 +14,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.conf import settings
 from django.utils import timezone
 
@@ -30,25 +31,23 @@ class Keyring:
         self.ttl = ttl if ttl is not None else settings.DATA_KEY_CACHE_TTL_SECONDS
         self.max_entries = max_entries
         self._client = client
-        self._keys: OrderedDict[uuid.UUID, tuple[uuid.UUID, bytes, float]] = OrderedDict()
+        # key id -> (organization, unwrapped key, a cipher built on it once, expiry)
+        self._keys: OrderedDict[uuid.UUID, tuple[uuid.UUID, bytes, AESGCM, float]] = OrderedDict()
         self._current: dict[tuple[uuid.UUID, str], tuple[uuid.UUID, float]] = {}
         self._lock = threading.Lock()
         self._org_locks: dict[uuid.UUID, threading.Lock] = {}
 
     # -- cache -----------------------------------------------------------------------------------------
 
-    def _cached(self, key_id: uuid.UUID, org_id: uuid.UUID) -> bytes | None:
+    def _cached(self, key_id: uuid.UUID, org_id: uuid.UUID) -> AESGCM | None:
         entry = self._keys.get(key_id)
-        if entry is None:
+        if entry is None or entry[3] < time.monotonic() or entry[0] != org_id:
             return None
-        owner, key, expires = entry
-        if expires < time.monotonic() or owner != org_id:
-            return None
-        return key
+        return entry[2]
 
     def _store(self, key_id: uuid.UUID, org_id: uuid.UUID, key: bytes) -> None:
         with self._lock:
-            self._keys[key_id] = (org_id, key, time.monotonic() + self.ttl)
+            self._keys[key_id] = (org_id, key, AESGCM(key), time.monotonic() + self.ttl)
             self._keys.move_to_end(key_id)
             while len(self._keys) > self.max_entries:
                 self._keys.popitem(last=False)
@@ -64,14 +63,14 @@ class Keyring:
                 self._keys.clear()
                 self._current.clear()
                 return
-            for key_id in [k for k, (owner, _, _) in self._keys.items() if owner == org_id]:
+            for key_id in [k for k, entry in self._keys.items() if entry[0] == org_id]:
                 del self._keys[key_id]
             for slot in [s for s in self._current if s[0] == org_id]:
                 del self._current[slot]
 
     # -- reading -------------------------------------------------------------------------------------
 
-    def data_key(self, org_id: uuid.UUID, key_id: uuid.UUID) -> bytes:
+    def data_key(self, org_id: uuid.UUID, key_id: uuid.UUID) -> AESGCM:
         key = self._cached(key_id, org_id)
         if key is None:
             self.prefetch(org_id, [key_id])
@@ -106,7 +105,7 @@ class Keyring:
 
     # -- writing ---------------------------------------------------------------------------------------
 
-    def current_key(self, org_id: uuid.UUID, purpose: str = DATA) -> tuple[uuid.UUID, bytes]:
+    def current_key(self, org_id: uuid.UUID, purpose: str = DATA) -> tuple[uuid.UUID, AESGCM]:
         """The key new values are sealed with (or the index key); created through Vault on first use."""
         slot = (org_id, purpose)
         entry = self._current.get(slot)
@@ -123,23 +122,26 @@ class Keyring:
             )
             if row is not None:
                 key_id, wrapped = row
-                key = self._cached(key_id, org_id)
-                if key is None:
+                if self._cached(key_id, org_id) is None:
                     result = self._client().unwrap(org_id, [wrapped])[0]
                     if isinstance(result, KeyServiceError):
                         raise result
-                    key = result
+                    self._store(key_id, org_id, result)
             else:
-                key, wrapped = self._client().generate_data_key(org_id)
+                raw, wrapped = self._client().generate_data_key(org_id)
                 data_key = DataKey(org_id=org_id, purpose=purpose, wrapped=wrapped, created_at=timezone.now())
                 data_key.save(force_insert=True)
                 key_id = data_key.id
-            self._store(key_id, org_id, key)
+                self._store(key_id, org_id, raw)
             self._current[slot] = (key_id, time.monotonic() + self.ttl)
-            return key_id, key
+            cipher = self._cached(key_id, org_id)
+            assert cipher is not None
+            return key_id, cipher
 
     def index_key(self, org_id: uuid.UUID) -> bytes:
-        return self.current_key(org_id, INDEX)[1]
+        """The HMAC key for blind indexes (kept as bytes: HMAC needs the key itself, not a cipher)."""
+        key_id, _ = self.current_key(org_id, INDEX)
+        return self._keys[key_id][1]
 
 
 keyring = Keyring()

@@ -152,10 +152,16 @@ class VaultClient:
         )["data"]
         return base64.b64decode(data["plaintext"]), data["ciphertext"]
 
+    BATCH = 200  # OpenBao refuses JSON bodies with too many strings (about 250 batch items)
+
     def unwrap(self, org_id: uuid.UUID, wrapped: list[str]) -> list[bytes | KeyServiceError]:
-        """Unwrap several data keys of one organization in one request."""
-        if not wrapped:
-            return []
+        """Unwrap several data keys of one organization: one request per 200 keys."""
+        results: list[bytes | KeyServiceError] = []
+        for start in range(0, len(wrapped), self.BATCH):
+            results.extend(self._unwrap_batch(org_id, wrapped[start : start + self.BATCH]))
+        return results
+
+    def _unwrap_batch(self, org_id: uuid.UUID, wrapped: list[str]) -> list[bytes | KeyServiceError]:
         context = derivation_context(org_id)
         body = self._call(
             "POST", f"{self.mount}/decrypt/{key_name(org_id)}",
