@@ -10,12 +10,11 @@ the primary key, `UNIQUE (org_id, id)` and an `(org_id, created_at)` index, as T
 - `bench.record_plain`: no RLS; the same request without the context, the org as a plain `WHERE org_id = %s`.
 - `bench.record_unsigned`, for reference only: RLS whose policy reads an unsigned setting (forgeable, what the
   project must not do). Against `rls` it isolates the cost of verifying the signature in every statement.
-- `rls_1rt`, a proposal: `rls` with BEGIN and the context sent in one round trip instead of two.
 
 One "request" is BEGIN; [context]; list (newest 50); detail (one row by id); COMMIT, on one connection as the
 runtime role. Variants alternate request by request (same organization and row, order rotated) so drift and
-other load on the machine hit them alike. Three sets run: raw psycopg with client-side binding (what Django
-does), raw psycopg with prepared statements, and Django itself (`tenant_context()` with SQL on
+other load on the machine hit them alike. Three sets run: raw psycopg with client-side binding for the
+queries (what Django does), raw psycopg with prepared statements, and Django itself (`tenant_context()` with SQL on
 `connection.cursor()` against `transaction.atomic()` with the filter), which adds the Python side.
 
 Reported to `.bench/tenant_scope.json`: median/p95 per step and variant, and the ratios RLS/plain (goal: the
@@ -174,29 +173,30 @@ Request = Callable[[uuid.UUID, uuid.UUID, dict], tuple]
 class RawRequest:
     """One request of a variant over a raw psycopg cursor, timing each step.
 
-    `table` is a key of TABLES. `one_round_trip` sends BEGIN and the context in one message (a ClientCursor
-    accepts several statements): what `tenancy.context.apply` could do with psycopg's pipeline mode.
+    `table` is a key of TABLES. The context goes through a server-side-binding cursor, as
+    `tenancy.context.apply` sends it (the signed value never appears in query text).
     """
 
     cur: psycopg.Cursor
     table: str
     prepare: bool | None = None  # None: psycopg's default; True: server-side prepared statements
-    one_round_trip: bool = False
+
+    def __post_init__(self) -> None:
+        self.context_cur = psycopg.Cursor(self.cur.connection)
+
+    def _context_params(self, org_id: uuid.UUID) -> list:
+        if self.table == "rls":
+            ctx = TenantContext(org_id=org_id, role="org_admin")
+            return [CONTEXT_SETTING, ctx.signed(), REQUEST_ID_SETTING, ctx.request_id]
+        return [UNSIGNED_SETTING, str(org_id), REQUEST_ID_SETTING, uuid.uuid4().hex]
 
     def __call__(self, org_id: uuid.UUID, row_id: uuid.UUID, times: dict) -> tuple:
         cur, sql, prepare = self.cur, queries(self.table), self.prepare
         t0 = time.perf_counter_ns()
-        begin = "BEGIN; " if self.one_round_trip else ""
-        if not begin:
-            cur.execute("BEGIN")
+        cur.execute("BEGIN")
         t1 = time.perf_counter_ns()
-        if self.table == "rls":
-            ctx = TenantContext(org_id=org_id, role="org_admin")
-            params = [CONTEXT_SETTING, ctx.signed(), REQUEST_ID_SETTING, ctx.request_id]
-            cur.execute(begin + SET_CONTEXT, params, prepare=prepare)
-        elif self.table == "unsigned":
-            params = [UNSIGNED_SETTING, str(org_id), REQUEST_ID_SETTING, uuid.uuid4().hex]
-            cur.execute(begin + SET_CONTEXT, params, prepare=prepare)
+        if self.table != "plain":
+            self.context_cur.execute(SET_CONTEXT, self._context_params(org_id), prepare=prepare)
         t2 = time.perf_counter_ns()
         scope = [org_id] if self.table == "plain" else []
         cur.execute(sql["list"], scope, prepare=prepare)
@@ -207,13 +207,9 @@ class RawRequest:
         t4 = time.perf_counter_ns()
         cur.execute("COMMIT")
         t5 = time.perf_counter_ns()
-        steps = {"list": t3 - t2, "detail": t4 - t3, "commit": t5 - t4, "request": t5 - t0}
-        if self.one_round_trip:
-            steps["begin+context"] = t2 - t0
-        else:
-            steps["begin"] = t1 - t0
-            if self.table != "plain":
-                steps["context"] = t2 - t1
+        steps = {"begin": t1 - t0, "list": t3 - t2, "detail": t4 - t3, "commit": t5 - t4, "request": t5 - t0}
+        if self.table != "plain":
+            steps["context"] = t2 - t1
         for key, value in steps.items():
             times[key].append(value)
         return page, detail
@@ -300,7 +296,7 @@ def server_side(conn: psycopg.Connection, statements: dict[str, str], blocks: in
     """
     messages: list[str] = []
     conn.add_notice_handler(lambda diagnostic: messages.append(diagnostic.message_primary or ""))
-    cur = conn.cursor()
+    cur = psycopg.Cursor(conn)
     samples: dict[str, list[float]] = defaultdict(list)
     names = list(statements)
     for block in range(blocks + 1):
@@ -333,7 +329,7 @@ def test_tenant_scope_rls_vs_plain_filter(bench_tables, django_db_blocker):
     figures: dict[str, dict] = {}
 
     def add(prefix: str, measured: dict[str, dict[str, list[int]]]) -> None:
-        for step in ("begin", "context", "begin+context", "list", "detail", "commit", "request"):
+        for step in ("begin", "context", "list", "detail", "commit", "request"):
             for variant, times in measured.items():
                 if step in times:
                     figures[f"{prefix} {step} {variant}"] = summarize(times[step])
@@ -344,7 +340,6 @@ def test_tenant_scope_rls_vs_plain_filter(bench_tables, django_db_blocker):
     ):
         cur, prepared_cur = conn.cursor(), prepared_conn.cursor()
         raw = {name: RawRequest(cur, name) for name in TABLES}
-        raw["rls_1rt"] = RawRequest(cur, "rls", one_round_trip=True)
         prepared = {name: RawRequest(prepared_cur, name, prepare=True) for name in ("rls", "plain")}
 
         # The variants see the same rows, and RLS alone confines the unfiltered queries to one org.
@@ -362,7 +357,9 @@ def test_tenant_scope_rls_vs_plain_filter(bench_tables, django_db_blocker):
         row_id = ids[org_id][0]
         cur.execute("BEGIN")
         ctx = TenantContext(org_id=org_id, role="org_admin")
-        cur.execute(SET_CONTEXT, [CONTEXT_SETTING, ctx.signed(), REQUEST_ID_SETTING, ctx.request_id])
+        psycopg.Cursor(conn).execute(
+            SET_CONTEXT, [CONTEXT_SETTING, ctx.signed(), REQUEST_ID_SETTING, ctx.request_id]
+        )
         figures["probe SELECT 1"] = summarize(probe(cur, "SELECT 1"))
         figures["probe SELECT app_org_id()"] = summarize(probe(cur, "SELECT public.app_org_id()"))
         plans = {
@@ -413,7 +410,6 @@ def test_tenant_scope_rls_vs_plain_filter(bench_tables, django_db_blocker):
         ),
         "sql request unsigned/plain": ratio(figures["sql request unsigned"], figures["sql request plain"]),
         "sql request rls/unsigned": ratio(figures["sql request rls"], figures["sql request unsigned"]),
-        "sql request rls_1rt/plain": ratio(figures["sql request rls_1rt"], figures["sql request plain"]),
         "prepared request rls/plain": ratio(
             figures["prepared request rls"], figures["prepared request plain"]
         ),
