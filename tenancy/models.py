@@ -16,7 +16,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 
-from .context import require_context
+from .context import current, require_context
 
 
 class Role(models.TextChoices):
@@ -121,7 +121,18 @@ class TenantQuerySet(models.QuerySet):
 
 
 class TenantManager(models.Manager.from_queryset(TenantQuerySet)):  # type: ignore[misc]
+    """The application's scope filter, the first of the three layers: every query built inside an
+    organization's context says `org_id = <that org>` itself (which also lets the planner use the
+    (org_id, ...) indexes), and row-level security checks it again underneath."""
+
     use_in_migrations = False
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        ctx = current()
+        if ctx is not None and ctx.org_id is not None and self.model is not Organization:
+            queryset = queryset.filter(org_id=ctx.org_id)
+        return queryset
 
     def raw(self, raw_query, params=(), translations=None, using=None):  # type: ignore[override]
         require_context(self.model)

@@ -271,12 +271,8 @@ def test_domain_by_hostname_for_host_routing(fleet):
         assert_no_large_seq_scan(_as_plan(qs.explain(format="json")))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tenancy_domain's policy admits the platform role with an OR, which no index can serve; the "
-    "application never lists an organization's domains yet (routing looks them up by hostname)",
-)
 def test_domains_of_an_organization(fleet):
+    """The policy's platform OR cannot use an index; the application's own scope filter can."""
     with tenant_context(org_id=fleet.org_ids[5], role="org_admin"):
         qs = Domain.objects.order_by("hostname")
         assert qs.count() == DOMAINS_PER_ORG
