@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, ValidationError
 from django.db import DataError, IntegrityError
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, status
@@ -71,7 +71,18 @@ _DEFAULT_CODES = {
 
 
 def api_exception_handler(exc: Exception, context: dict) -> Response | None:
-    """DRF's exception handler, reshaped. Unknown exceptions are logged and answered 500 in the same shape."""
+    """DRF's exception handler, reshaped. Unknown exceptions are logged and answered 500 in the same shape.
+
+    Like DRF's own handler it marks the request's transaction (ATOMIC_REQUESTS) for rollback, so an error
+    raised halfway through a view leaves none of its writes behind. Authentication failures are the
+    exception: they come before any view work, and what they did (signing out an idle session, the sign-in
+    event) must stay done.
+    """
+    if not isinstance(exc, (exceptions.AuthenticationFailed, exceptions.NotAuthenticated)):
+        # Imported here: rest_framework.views imports the authentication classes, which import this module.
+        from rest_framework.views import set_rollback
+
+        set_rollback()
     headers: dict[str, str] = {}
     if isinstance(exc, ApiError):
         return Response(error_body(exc.error_code, str(exc.detail), exc.fields), status=exc.status_code)
@@ -148,6 +159,8 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
 
 # Django-level handlers (URLs that never reach DRF).
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    if isinstance(exception, RequestDataTooBig):
+        return json_error("request_too_large", "The request body is too large.", 413)
     return json_error("invalid_request", "The request could not be understood.", 400)
 
 

@@ -7,15 +7,19 @@ middleware outside ATOMIC_REQUESTS and DRF authenticates inside the view.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
 import uuid
 
 from django.core.exceptions import DisallowedHost
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
 
 from .errors import json_error
+
+logger = logging.getLogger(__name__)
 
 # Paths that are the same for every organization and answer on any allowed host.
 HOST_AGNOSTIC = re.compile(r"^/(healthz|readyz|static/|api/v1/schema/|api/v1/docs/|favicon\.ico)")
@@ -90,7 +94,12 @@ class OrganizationByHostMiddleware:
         if HOST_AGNOSTIC.match(request.path):
             return self.get_response(request)
         hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        org_id = org_id_for_host(hostname.lower().rstrip("."))
+        try:
+            org_id = org_id_for_host(hostname.lower().rstrip("."))
+        except (OperationalError, InterfaceError):
+            # The database is unreachable: say so (503, as /readyz does) rather than answer 500.
+            logger.exception("database unavailable while resolving the host")
+            return json_error("service_unavailable", "The service is temporarily unavailable; try again shortly.", 503)
         if org_id is None:
             return json_error("unknown_host", "No organization is served at this host.", 404)
         request.org_id = org_id  # type: ignore[attr-defined]

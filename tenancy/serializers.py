@@ -2,9 +2,69 @@
 
 from __future__ import annotations
 
-from rest_framework import serializers
+import codecs
+import json
+
+from django.conf import settings
+from rest_framework import exceptions, parsers, serializers
+from rest_framework.utils.json import strict_constant
 
 from .models import Membership, Organization, Role
+
+
+class RequestTooLarge(exceptions.APIException):
+    status_code = 413
+    default_code = "request_too_large"
+    default_detail = "The request body is too large."
+
+
+class StrictJSONParser(parsers.JSONParser):
+    """JSON bodies as RFC 8259 has them exchanged: UTF-8 only, bounded in size and depth, valid Unicode.
+
+    DRF's parser decodes with whatever charset the client names (`charset=zlib` decompresses, `rot13` and `bz2`
+    crash), reads past DATA_UPLOAD_MAX_MEMORY_SIZE, lets deep nesting raise RecursionError and passes unpaired
+    surrogates on to code that cannot encode them: each of those was a 500 (or worse) for input a client sends.
+    """
+
+    max_depth = 64
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        encoding = (parser_context or {}).get("encoding") or "utf-8"
+        try:
+            is_utf8 = codecs.lookup(encoding).name == "utf-8"
+        except LookupError:
+            is_utf8 = False
+        if not is_utf8:
+            raise exceptions.UnsupportedMediaType(media_type, detail="JSON must be encoded as UTF-8.")
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        raw = stream.read(limit + 1) if limit is not None else stream.read()
+        if limit is not None and len(raw) > limit:
+            raise RequestTooLarge(f"The request body is larger than {limit} bytes.")
+        try:
+            data = json.loads(raw.decode("utf-8"), parse_constant=strict_constant)
+        except RecursionError:
+            raise exceptions.ParseError("JSON parse error - nested too deeply.") from None
+        except ValueError as exc:
+            raise exceptions.ParseError(f"JSON parse error - {exc}") from None
+        _check_parsed(data, self.max_depth)
+        return data
+
+
+def _check_parsed(data, max_depth: int) -> None:
+    """Refuse nesting deeper than `max_depth` and strings no UTF-8 encoder (PostgreSQL, Argon2) accepts."""
+    stack = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise exceptions.ParseError("JSON parse error - a string holds an unpaired surrogate.") from None
+        elif isinstance(value, (dict, list)):
+            if depth >= max_depth:
+                raise exceptions.ParseError(f"JSON parse error - nested deeper than {max_depth} levels.")
+            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in items)
 
 
 class LoginSerializer(serializers.Serializer):

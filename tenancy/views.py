@@ -24,9 +24,16 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from . import services
-from .authentication import SESSION_LAST_SEEN, SESSION_MFA_PENDING, SESSION_ORG, AuthInfo, source_ip
+from .authentication import (
+    SESSION_LAST_SEEN,
+    SESSION_MFA_PENDING,
+    SESSION_ORG,
+    AuthInfo,
+    enforce_csrf,
+    source_ip,
+)
 from .context import ANONYMOUS, TenantContext, activate, deactivate
-from .errors import ApiError, error_body
+from .errors import ApiError, error_body, json_error
 from .models import Membership, Organization
 from .permissions import IsOrgAdmin
 from .serializers import (
@@ -104,6 +111,10 @@ class BrandingView(TenantAPIView):
 @ensure_csrf_cookie
 def csrf_view(request: HttpRequest) -> JsonResponse:
     """Hands the portal its CSRF token (also set as the csrftoken cookie)."""
+    if request.method not in ("GET", "HEAD"):
+        response = json_error("method_not_allowed", f'Method "{request.method}" not allowed.', 405)
+        response["Allow"] = "GET, HEAD"
+        return response
     return JsonResponse({"csrf_token": get_token(request)})
 
 
@@ -148,9 +159,7 @@ class LoginView(_SignInBase):
         summary="Sign in to this organization's portal (session cookie)",
     )
     def post(self, request: Request) -> Response:
-        from rest_framework.authentication import SessionAuthentication
-
-        SessionAuthentication().enforce_csrf(request)
+        enforce_csrf(request)
         result = self._check(request)
         if isinstance(result, Response):
             return result
@@ -327,9 +336,9 @@ class MembershipListView(TenantAPIView):
         serializer = MembershipCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        _, membership, _ = services.ensure_member(
+        membership = services.add_member(
             org=request.organization, email=data["email"], role=data["role"],  # type: ignore[attr-defined]
-            password=None, full_name=data.get("display_name", ""),
+            display_name=data.get("display_name", ""),
         )
         return Response(MembershipSerializer(membership).data, status=status.HTTP_201_CREATED)
 
