@@ -311,3 +311,4 @@ class DataKey(TenantModel):
 
     def __str__(self) -> str:
         return f"{self.purpose} key {self.pk} ({self.wrapped[:9]})"
+from .sessions import PortalSession  # noqa: E402,F401  (model registration)
