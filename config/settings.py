@@ -90,6 +90,15 @@ TENANCY_CONTEXT_KEY: bytes = (
 )
 TENANCY_CONTEXT_TTL_SECONDS = env_int("TENANCY_CONTEXT_TTL_SECONDS", 900)
 
+# Key of the hash under which sign-in emails are looked up (tenancy.models.email_lookup_hash). Changing it
+# makes every existing account unreachable by email, so a deployment sets it once and keeps it.
+_lookup_key_source = os.environ.get("USER_LOOKUP_KEY", "")
+USER_LOOKUP_KEY: bytes = (
+    _lookup_key_source.encode()
+    if _lookup_key_source
+    else hmac.new(SECRET_KEY.encode(), b"user-lookup-v1", hashlib.sha256).digest()
+)
+
 INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.contenttypes",

@@ -97,7 +97,7 @@ class OrgSessionAuthentication(authentication.SessionAuthentication):
             )
             django_logout(django_request)
             raise SessionExpired()
-        membership = Membership.objects.filter(user_id=user.pk, is_active=True).first()
+        membership = Membership.objects.filter(user_id=user.pk, is_active=True).defer("email", "display_name").first()
         if membership is None:
             django_logout(django_request)
             return None

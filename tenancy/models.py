@@ -8,15 +8,20 @@ apply `tenancy.rls.EnableTenantRLS`; tests/tenancy/test_catalog.py fails the bui
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import unicodedata
 import uuid
 from typing import ClassVar
 
+from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 
 from .context import current, require_context
+from .crypto.fields import BlindIndexField, EncryptedTextField
 
 
 class Role(models.TextChoices):
@@ -210,9 +215,19 @@ class Domain(TenantModel):
         return self.hostname
 
 
+def email_lookup_hash(email: str) -> str:
+    """The only form of a sign-in email kept in the global users table: a keyed hash, for lookups.
+
+    Keyed (USER_LOOKUP_KEY) so a dump of the table cannot be matched against a list of addresses.
+    """
+    normalized = unicodedata.normalize("NFKC", email or "").strip().lower()
+    digest = hmac.new(settings.USER_LOOKUP_KEY, normalized.encode(), hashlib.sha256).hexdigest()
+    return f"u1:{digest}"
+
+
 class UserManager(BaseUserManager["User"]):
     def create_user(self, email: str, password: str | None = None, **extra) -> User:
-        user = self.model(email=self.normalize_email(email).lower(), **extra)
+        user = self.model(email_hash=email_lookup_hash(email), **extra)
         if password:
             user.set_password(password)
         else:
@@ -220,45 +235,47 @@ class UserManager(BaseUserManager["User"]):
         user.save(using=self._db)
         return user
 
+    def get_by_email(self, email: str) -> User | None:
+        return self.filter(email_hash=email_lookup_hash(email)).first()
+
 
 class User(AbstractBaseUser):
-    """A sign-in identity. Which organizations it may act in is decided by Membership, never here.
+    """A sign-in identity, holding no personal information at all.
 
-    The table is global (one person may work for several clinics) and holds only login material; everything
-    clinical or organizational about a person lives in tenant-scoped tables.
+    One person may work for several clinics, so this table is global and outside row-level security; it
+    therefore keeps only a keyed hash of the sign-in email, the password hash and the authenticator. Names and
+    addresses live in Membership, encrypted under each organization's own key; which organizations the user
+    may act in is decided by Membership too.
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    email = models.EmailField(unique=True)
-    full_name = models.CharField(max_length=200, blank=True)
+    email_hash = models.CharField(max_length=70, unique=True)
     is_active = models.BooleanField(default=True)
     totp_secret = models.CharField(max_length=64, blank=True)
     totp_confirmed = models.BooleanField(default=False)
     totp_last_counter = models.BigIntegerField(default=0)
-    failed_logins = models.PositiveIntegerField(default=0)
-    locked_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
-    USERNAME_FIELD = "email"
-    EMAIL_FIELD = "email"
+    USERNAME_FIELD = "email_hash"
     REQUIRED_FIELDS: ClassVar[list[str]] = []
 
     objects = UserManager()
 
     def __str__(self) -> str:
-        return self.email
-
-    @property
-    def is_locked(self) -> bool:
-        return self.locked_until is not None and self.locked_until > timezone.now()
+        return f"user {self.pk}"
 
 
 class Membership(TenantModel):
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=20, choices=Role.choices)
-    # The name this organization knows the person by; the global User row is never shown across clinics.
-    display_name = models.CharField(max_length=200, blank=True)
+    # What this organization knows about the person, encrypted under its key; never shown to another clinic.
+    email = EncryptedTextField(blind_index="email_index", normalizer="email")
+    email_index = BlindIndexField(source="email")
+    display_name = EncryptedTextField()
     is_active = models.BooleanField(default=True)
+    # Lockout is per membership: failures at one clinic cannot lock the person out of another.
+    failed_logins = models.PositiveIntegerField(default=0)
+    locked_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta(TenantModel.Meta):
@@ -266,11 +283,17 @@ class Membership(TenantModel):
             *TenantModel.Meta.constraints,
             models.UniqueConstraint(fields=["org", "user"], name="tenancy_membership_one_per_org"),
         ]
-        # The member list pages by created_at within one organization (tests/tenancy/test_explain.py).
-        indexes: ClassVar[list] = [models.Index(fields=["org", "created_at"])]
+        indexes: ClassVar[list] = [
+            models.Index(fields=["org", "created_at"]),
+            models.Index(fields=["org", "email_index"]),
+        ]
 
     def __str__(self) -> str:
         return f"{self.user_id}@{self.org_id}:{self.role}"
+
+    @property
+    def is_locked(self) -> bool:
+        return self.locked_until is not None and self.locked_until > timezone.now()
 
 
 class ApiToken(TenantModel):

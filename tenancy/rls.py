@@ -10,7 +10,7 @@ from django.db import migrations
 
 # The HMAC key lives in a schema the runtime role cannot read; only its two pads are stored, because
 # PostgreSQL has sha256() built in but no hmac() without pgcrypto (which the embedded server lacks).
-CONTEXT_FUNCTIONS_SQL = r"""
+CONTEXT_KEY_SQL = r"""
 CREATE SCHEMA IF NOT EXISTS tenancy_private;
 REVOKE ALL ON SCHEMA tenancy_private FROM PUBLIC;
 CREATE TABLE IF NOT EXISTS tenancy_private.context_key (
@@ -20,64 +20,11 @@ CREATE TABLE IF NOT EXISTS tenancy_private.context_key (
     installed_at timestamptz NOT NULL DEFAULT now()
 );
 REVOKE ALL ON tenancy_private.context_key FROM PUBLIC;
-
-CREATE OR REPLACE FUNCTION tenancy_private.verified_context() RETURNS text[]
-LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-DECLARE
-    raw text := nullif(current_setting('app.context', true), '');
-    cut int;
-    body text;
-    parts text[];
-    k_ipad bytea;
-    k_opad bytea;
-BEGIN
-    IF raw IS NULL THEN
-        RETURN NULL;  -- no context: policies compare with NULL and match no row
-    END IF;
-    cut := length(raw) - strpos(reverse(raw), '|');
-    body := left(raw, cut);
-    SELECT ipad, opad INTO k_ipad, k_opad FROM tenancy_private.context_key WHERE id = 1;
-    IF k_ipad IS NULL THEN
-        RAISE EXCEPTION 'tenant context key is not installed (run manage.py bootstrap_db)'
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    IF encode(sha256(k_opad || sha256(k_ipad || convert_to(body, 'UTF8'))), 'hex')
-            IS DISTINCT FROM substr(raw, cut + 2) THEN
-        RAISE EXCEPTION 'tenant context signature is invalid' USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    parts := string_to_array(body, '|');
-    IF coalesce(array_length(parts, 1), 0) <> 6 OR parts[1] <> 'v1' THEN
-        RAISE EXCEPTION 'tenant context has an unknown format' USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    IF parts[6]::bigint < extract(epoch FROM now()) THEN
-        RAISE EXCEPTION 'tenant context has expired' USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    RETURN parts;
-END
-$fn$;
-REVOKE ALL ON FUNCTION tenancy_private.verified_context() FROM PUBLIC;
-
-CREATE OR REPLACE FUNCTION public.app_org_id() RETURNS uuid
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT nullif((tenancy_private.verified_context())[2], '')::uuid $fn$;
-
-CREATE OR REPLACE FUNCTION public.app_user_id() RETURNS uuid
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT nullif((tenancy_private.verified_context())[3], '')::uuid $fn$;
-
-CREATE OR REPLACE FUNCTION public.app_role() RETURNS text
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT (tenancy_private.verified_context())[4] $fn$;
-
-CREATE OR REPLACE FUNCTION public.app_purpose() RETURNS text
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $fn$ SELECT (tenancy_private.verified_context())[5] $fn$;
 """
 
-# One layer per accessor: each verifies the signature itself (no SQL wrapper around verified_context()),
-# which halves the per-statement cost of a policy (benchmarks in tests/bench/test_tenant_scope.py).
+# The policy accessors. Each verifies the signature itself, in one SECURITY DEFINER call per statement
+# (policies call them as init-plans); a two-layer design cost twice as much (tests/bench/test_tenant_scope.py).
+# No context: NULL, so every comparison fails and no row matches. A bad or expired context: an error.
 _ACCESSOR = r"""
 CREATE OR REPLACE FUNCTION public.{name}() RETURNS {type}
 LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -126,12 +73,13 @@ SINGLE_LAYER_ACCESSORS_SQL = "".join(
     )
 )
 
+CONTEXT_FUNCTIONS_SQL = CONTEXT_KEY_SQL + SINGLE_LAYER_ACCESSORS_SQL
+
 DROP_CONTEXT_FUNCTIONS_SQL = """
 DROP FUNCTION IF EXISTS public.app_purpose();
 DROP FUNCTION IF EXISTS public.app_role();
 DROP FUNCTION IF EXISTS public.app_user_id();
 DROP FUNCTION IF EXISTS public.app_org_id();
-DROP FUNCTION IF EXISTS tenancy_private.verified_context();
 DROP TABLE IF EXISTS tenancy_private.context_key;
 DROP SCHEMA IF EXISTS tenancy_private;
 """

@@ -99,7 +99,8 @@ class OrganizationSettingsSerializer(serializers.ModelSerializer):
 
 
 class MembershipSerializer(serializers.ModelSerializer):
-    email = serializers.EmailField(source="user.email", read_only=True)
+    email = serializers.CharField(read_only=True)
+    display_name = serializers.CharField(read_only=True)
 
     class Meta:
         model = Membership

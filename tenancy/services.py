@@ -86,15 +86,14 @@ def ensure_member(*, org: Organization, email: str, role: str, password: str | N
     if role not in Role.values:
         raise ValueError(f"unknown role {role!r}; choose one of {', '.join(Role.values)}")
     email = email.strip().lower()
-    user = User.objects.filter(email=email).first()
+    user = User.objects.get_by_email(email)
     if user is None:
-        user = User.objects.create_user(email=email, password=password, full_name=full_name)
+        user = User.objects.create_user(email=email, password=password)
     membership = Membership.objects.filter(user=user).first()
     created = membership is None
     if membership is None:
-        # Only the name given here: an existing user's global full_name was given to another clinic, and
-        # copying it would show this one who they are elsewhere.
-        membership = Membership(org_id=org.id, user=user, role=role, display_name=full_name)
+        # What this organization was told, encrypted under its key; nothing is copied from another clinic.
+        membership = Membership(org_id=org.id, user=user, role=role, email=email, display_name=full_name)
         membership.save()
     elif membership.role != role:
         membership.role = role
@@ -110,7 +109,7 @@ def add_member(*, org: Organization, email: str, role: str, display_name: str = 
     """
     require_context(Membership)
     email = email.strip().lower()
-    if Membership.objects.filter(user__email=email).exists():  # row-level security: this organization only
+    if Membership.objects.filter(email=email).exists():  # blind index, row-level security: this org only
         raise ApiError(
             "already_member", "This person is already a member; change their role instead.", 409,
             {"email": ["Already a member of this organization."]},
@@ -160,14 +159,15 @@ class SignIn:
 INVALID = SignIn(ok=False, error="invalid_credentials")
 
 
-def _register_failure(user: User, org_id: uuid.UUID, request_id: str, source_ip: str | None) -> None:
-    User.objects.filter(pk=user.pk).update(failed_logins=F("failed_logins") + 1)
-    user.refresh_from_db(fields=["failed_logins"])
-    if user.failed_logins >= settings.LOGIN_MAX_FAILURES:
+def _register_failure(membership: Membership, request_id: str, source_ip: str | None) -> None:
+    """Count a failure against this membership only (a clinic cannot lock a person out of another)."""
+    Membership.objects.filter(pk=membership.pk).update(failed_logins=F("failed_logins") + 1)
+    failures = Membership.objects.filter(pk=membership.pk).values_list("failed_logins", flat=True).get()
+    if failures >= settings.LOGIN_MAX_FAILURES:
         until = timezone.now() + timedelta(minutes=settings.LOGIN_LOCKOUT_MINUTES)
-        User.objects.filter(pk=user.pk).update(locked_until=until, failed_logins=0)
+        Membership.objects.filter(pk=membership.pk).update(locked_until=until, failed_logins=0)
         record_auth_event(
-            kind="lockout", outcome="locked", org_id=org_id, user_id=user.pk,
+            kind="lockout", outcome="locked", org_id=membership.org_id, user_id=membership.user_id,
             request_id=request_id, source_ip=source_ip, reason=f"{settings.LOGIN_MAX_FAILURES} failures",
         )
 
@@ -198,9 +198,13 @@ def sign_in(
     """
     require_context(Membership)
     email = (email or "").strip().lower()
-    user = User.objects.filter(email=email, is_active=True).first() if email else None
+    user = User.objects.get_by_email(email) if email else None
+    if user is not None and not user.is_active:
+        user = None
     membership = (
-        Membership.objects.filter(user=user, is_active=True).first() if user is not None else None
+        Membership.objects.filter(user=user, is_active=True).defer("email", "display_name").first()
+        if user is not None
+        else None
     )
 
     def fail(reason: str) -> SignIn:
@@ -213,11 +217,11 @@ def sign_in(
     if user is None or membership is None:
         check_password(password, _dummy_hash())
         return fail("unknown_account")
-    if user.is_locked:
+    if membership.is_locked:
         check_password(password, _dummy_hash())
         return fail("locked")
     if not user.check_password(password):
-        _register_failure(user, org.id, request_id, source_ip)
+        _register_failure(membership, request_id, source_ip)
         return fail("bad_password")
 
     if user.totp_confirmed:
@@ -228,13 +232,14 @@ def sign_in(
             )
             return SignIn(ok=False, error="mfa_required")
         if not verify_totp(user, totp_code):
-            _register_failure(user, org.id, request_id, source_ip)
+            _register_failure(membership, request_id, source_ip)
             record_auth_event(
                 kind="mfa", outcome="failure", org_id=org.id, user_id=user.pk,
                 request_id=request_id, source_ip=source_ip,
             )
             return fail("bad_totp")
-    User.objects.filter(pk=user.pk).update(failed_logins=0, locked_until=None, last_login=timezone.now())
+    Membership.objects.filter(pk=membership.pk).update(failed_logins=0, locked_until=None)
+    User.objects.filter(pk=user.pk).update(last_login=timezone.now())
     needs_enrollment = org.require_mfa and not user.totp_confirmed
     record_auth_event(
         kind="login", outcome="success", org_id=org.id, user_id=user.pk, request_id=request_id,
@@ -288,12 +293,14 @@ def revoke_token(token: ApiToken) -> None:
 # -- MFA enrollment ------------------------------------------------------------------------------------
 
 
-def begin_totp_enrollment(*, user: User, org: Organization) -> dict:
+def begin_totp_enrollment(*, user: User, org: Organization, membership: Membership) -> dict:
     if user.totp_confirmed:
         raise ApiError("mfa_already_enrolled", "An authenticator is already enrolled; remove it first.", 409)
     secret = pyotp.random_base32()
     User.objects.filter(pk=user.pk).update(totp_secret=secret, totp_last_counter=0)
-    uri = pyotp.TOTP(secret).provisioning_uri(name=user.email, issuer_name=org.display_name or org.name)
+    uri = pyotp.TOTP(secret).provisioning_uri(
+        name=membership.email or str(user.pk), issuer_name=org.display_name or org.name
+    )
     return {"secret": secret, "otpauth_uri": uri}
 
 

@@ -224,7 +224,7 @@ class LogoutView(TenantAPIView):
 
 def _me(user, membership: Membership, org: Organization, mfa_pending: bool) -> dict:
     return {
-        "user": {"id": str(user.pk), "email": user.email, "full_name": user.full_name},
+        "user": {"id": str(user.pk), "email": membership.email, "full_name": membership.display_name},
         "organization": org.slug,
         "role": membership.role,
         "membership_id": str(membership.pk),
@@ -253,7 +253,9 @@ class TotpView(TenantAPIView):
 
     @extend_schema(request=None, responses=dict, summary="Start TOTP enrollment: a secret and otpauth URI")
     def post(self, request: Request) -> Response:
-        body = services.begin_totp_enrollment(user=request.user, org=request.organization)  # type: ignore[attr-defined,arg-type]
+        body = services.begin_totp_enrollment(
+            user=request.user, org=request.organization, membership=request.auth.membership,  # type: ignore[attr-defined,arg-type,union-attr]
+        )
         services.record_auth_event(
             kind="mfa", outcome="enrollment_started", org_id=request.organization.id,  # type: ignore[attr-defined]
             user_id=request.user.pk, request_id=request._request.request_id, source_ip=source_ip(request._request),
@@ -313,7 +315,7 @@ class OrganizationSettingsView(TenantAPIView):
 
 def get_membership_for_user(request: Request, membership_id: uuid.UUID) -> Membership:
     """The membership, if it is in this organization (RLS confines the query); otherwise 404."""
-    membership = Membership.objects.select_related("user").filter(pk=membership_id).first()
+    membership = Membership.objects.filter(pk=membership_id).first()
     if membership is None:
         raise ApiError("not_found", "Not found.", 404)
     return membership
@@ -328,7 +330,7 @@ class MembershipListView(TenantAPIView):
 
         paginator = CursorPagination()
         paginator.ordering = "created_at"
-        page = paginator.paginate_queryset(Membership.objects.select_related("user"), request, view=self)
+        page = paginator.paginate_queryset(Membership.objects.all(), request, view=self)
         return paginator.get_paginated_response(MembershipSerializer(page, many=True).data)
 
     @extend_schema(request=MembershipCreateSerializer, responses={201: MembershipSerializer})

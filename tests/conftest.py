@@ -59,7 +59,7 @@ class Clinic:
         return self.members[role][1]
 
     def email(self, role: str) -> str:
-        return self.members[role][0].email
+        return f"{role}@{self.org.slug}.test"
 
 
 def _make_clinic(slug: str, require_mfa: bool = False) -> Clinic:
@@ -74,7 +74,12 @@ def _make_clinic(slug: str, require_mfa: bool = False) -> Clinic:
             )
             clinic.members[role] = (user, membership)
         for record in SEEDED_PATIENTS.get(slug, []):
-            clinic.patients.append(Patient.objects.create(org_id=org.id, **record))
+            # Each seeded patient also has a portal sign-in, so the dump test covers users and memberships.
+            portal_user, _, _ = ensure_member(
+                org=org, email=record["email"], role=Role.PATIENT, password=PASSWORD,
+                full_name=f"{record['given_name']} {record['family_name']}",
+            )
+            clinic.patients.append(Patient.objects.create(org_id=org.id, user=portal_user, **record))
     return clinic
 
 

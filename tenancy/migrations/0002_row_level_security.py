@@ -25,4 +25,5 @@ class Migration(migrations.Migration):
         EnableTenantRLS("domain", platform=True),
         EnableTenantRLS("membership"),
         EnableTenantRLS("apitoken"),
+        EnableTenantRLS("datakey"),
     ]

@@ -35,7 +35,7 @@ class Command(BaseCommand):
         email = options["email"].strip().lower()
         if "@" not in email:
             raise CommandError(f"--email {email!r} is not an email address")
-        existing = User.objects.filter(email=email).first()
+        existing = User.objects.get_by_email(email)
         password = options["password"]
         if password is None and (existing is None or options["reset_password"]):
             if not sys.stdin.isatty():
@@ -56,4 +56,4 @@ class Command(BaseCommand):
             user.set_password(password)
             user.save(update_fields=["password"])
         state = "Added" if created else "Already a member:"
-        self.stdout.write(f"{state} {user.email} as {membership.role} in {org.slug}")
+        self.stdout.write(f"{state} {email} as {membership.role} in {org.slug}")
