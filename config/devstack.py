@@ -185,8 +185,20 @@ def cmd_run() -> int:
         host = os.environ.get("HOST", "127.0.0.1")
         port = os.environ.get("PORT", "8000")
         server = procs.start(
-            [PYTHON, "-m", "uvicorn", "config.asgi:application", "--host", host, "--port", port,
-             "--no-server-header", "--proxy-headers", "--forwarded-allow-ips", "127.0.0.1"],
+            [
+                PYTHON,
+                "-m",
+                "uvicorn",
+                "config.asgi:application",
+                "--host",
+                host,
+                "--port",
+                port,
+                "--no-server-header",
+                "--proxy-headers",
+                "--forwarded-allow-ips",
+                "127.0.0.1",
+            ],
             env,
         )
         time.sleep(1.5)
@@ -218,7 +230,7 @@ def print_welcome(port: str) -> None:
         f"  Schema:       http://northwind.localhost:{port}/api/v1/schema/",
         f"  Health:       http://127.0.0.1:{port}/healthz   readiness: http://127.0.0.1:{port}/readyz",
     ]
-    for org, info in signins.items():
+    for _org, info in signins.items():
         lines += ["", f"  {info['name']}: http://{info['host']}:{port}/api/v1/portal/branding"]
         for person in info["people"]:
             lines.append(f"    {person['role']:<13} {person['email']}")
@@ -230,7 +242,7 @@ def print_welcome(port: str) -> None:
             "  The demo clinics do not require MFA (an org made with create_org does).",
             f"  Try: curl -s -X POST http://northwind.localhost:{port}/api/v1/auth/tokens \\",
             "         -H 'Content-Type: application/json' \\",
-            f"         -d '{{\"email\": \"admin@northwind.example\", \"password\": \"{password}\"}}'",
+            f'         -d \'{{"email": "admin@northwind.example", "password": "{password}"}}\'',
         ]
     lines.append("=" * 78)
     print("\n".join(lines), flush=True)

@@ -73,8 +73,12 @@ class DevVault:
         else:
             config.write_text("unsafe_allow_api_audit_creation = true\n")
             args = [
-                bao_binary(), "server", "-dev", f"-dev-root-token-id={self.root_token}",
-                f"-dev-listen-address=127.0.0.1:{self.port}", f"-config={config}",
+                bao_binary(),
+                "server",
+                "-dev",
+                f"-dev-root-token-id={self.root_token}",
+                f"-dev-listen-address=127.0.0.1:{self.port}",
+                f"-config={config}",
             ]
         log = open(self.workdir / "server.log", "ab")  # noqa: SIM115 (kept open for the child's lifetime)
         self.process = subprocess.Popen(
@@ -95,7 +99,9 @@ class DevVault:
         secrets_file = self.workdir / "init.json"
         if not client.sys.is_initialized():
             result = client.sys.initialize(secret_shares=1, secret_threshold=1)
-            secrets_file.write_text(json.dumps({"key": result["keys"][0], "root_token": result["root_token"]}))
+            secrets_file.write_text(
+                json.dumps({"key": result["keys"][0], "root_token": result["root_token"]})
+            )
             secrets_file.chmod(0o600)
         saved = json.loads(secrets_file.read_text())
         client.sys.submit_unseal_key(saved["key"])
@@ -138,16 +144,23 @@ class DevVault:
         # Record the application's request id in clear, so the key log joins the application's audit log.
         root.adapter.post("/v1/sys/config/auditing/request-headers/X-Request-Id", json={"hmac": False})
         for name in ("app", "ops", "offboarding"):
-            root.sys.create_or_update_policy(name=f"telemed-{name}", policy=(POLICIES / f"{name}.hcl").read_text())
+            root.sys.create_or_update_policy(
+                name=f"telemed-{name}", policy=(POLICIES / f"{name}.hcl").read_text()
+            )
         if "approle/" not in root.sys.list_auth_methods()["data"]:
             root.sys.enable_auth_method("approle")
         root.auth.approle.create_or_update_approle(
-            "telemed-app", token_policies=["telemed-app"], token_ttl="1h", token_max_ttl="24h",
+            "telemed-app",
+            token_policies=["telemed-app"],
+            token_ttl="1h",
+            token_max_ttl="24h",
             secret_id_ttl="0",
         )
         role_id = root.auth.approle.read_role_id("telemed-app")["data"]["role_id"]
         secret_id = root.auth.approle.generate_secret_id("telemed-app")["data"]["secret_id"]
-        ops = root.auth.token.create(policies=["telemed-ops", "telemed-offboarding"], ttl="24h", renewable=True)
+        ops = root.auth.token.create(
+            policies=["telemed-ops", "telemed-offboarding"], ttl="24h", renewable=True
+        )
         return {
             "VAULT_ADDR": self.addr,
             "VAULT_ROLE_ID": role_id,

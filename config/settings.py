@@ -62,6 +62,7 @@ SESSION_SAVE_EVERY_REQUEST = False
 SESSION_ENGINE = "tenancy.sessions"  # keys stored hashed: reading the table signs no one in
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
 
+
 def _is_loopback(host: str) -> bool:
     return host in {"localhost", "127.0.0.1", "[::1]", "testserver"} or host.endswith(".localhost")
 
@@ -72,7 +73,9 @@ if not DEBUG:
         problems.append("DJANGO_SECRET_KEY must be set to a random value of at least 32 characters")
     if not COOKIES_SECURE and not all(_is_loopback(host) for host in ALLOWED_HOSTS):
         # Plain-http cookies are tolerated only for a demo that answers on loopback names alone.
-        problems.append("DJANGO_SECURE_COOKIES may not be false with DEBUG off unless every allowed host is loopback")
+        problems.append(
+            "DJANGO_SECURE_COOKIES may not be false with DEBUG off unless every allowed host is loopback"
+        )
     if not ALLOWED_HOSTS:
         problems.append("DJANGO_ALLOWED_HOSTS must list the portal hostnames")
     if "*" in ALLOWED_HOSTS:
@@ -241,7 +244,7 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Telemedicine platform API",
     "DESCRIPTION": (
         "Multi-tenant clinic API. The organization is the one owning the request's Host. "
-        "Every 4xx answers {\"error\": {\"code\", \"message\", \"fields\"}}."
+        'Every 4xx answers {"error": {"code", "message", "fields"}}.'
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,

@@ -66,10 +66,14 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         org: Organization = request.organization  # type: ignore[attr-defined]
         token = find_live_token(raw, org) if raw else None
         if token is None:
-            raise exceptions.AuthenticationFailed("The token is invalid, expired or revoked.", code="invalid_token")
+            raise exceptions.AuthenticationFailed(
+                "The token is invalid, expired or revoked.", code="invalid_token"
+            )
         membership = token.membership
         if not membership.is_active or not token.user.is_active:
-            raise exceptions.AuthenticationFailed("The token is invalid, expired or revoked.", code="invalid_token")
+            raise exceptions.AuthenticationFailed(
+                "The token is invalid, expired or revoked.", code="invalid_token"
+            )
         return token.user, AuthInfo(membership=membership, method="token", token=token)
 
     def authenticate_header(self, request: Request) -> str:
@@ -92,12 +96,19 @@ class OrgSessionAuthentication(authentication.SessionAuthentication):
         last_seen = float(session.get(SESSION_LAST_SEEN, 0))
         if now - last_seen > org.idle_timeout_minutes * 60:
             record_auth_event(
-                kind="logout", outcome="success", org_id=org.id, user_id=user.pk, reason="idle_timeout",
-                request_id=django_request.request_id, source_ip=source_ip(django_request),
+                kind="logout",
+                outcome="success",
+                org_id=org.id,
+                user_id=user.pk,
+                reason="idle_timeout",
+                request_id=django_request.request_id,
+                source_ip=source_ip(django_request),
             )
             django_logout(django_request)
             raise SessionExpired()
-        membership = Membership.objects.filter(user_id=user.pk, is_active=True).defer("email", "display_name").first()
+        membership = (
+            Membership.objects.filter(user_id=user.pk, is_active=True).defer("email", "display_name").first()
+        )
         if membership is None:
             django_logout(django_request)
             return None

@@ -65,7 +65,9 @@ def context_key_pads(key: bytes) -> tuple[bytes, bytes]:
     return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
 
 
-_current: contextvars.ContextVar[TenantContext | None] = contextvars.ContextVar("tenant_context", default=None)
+_current: contextvars.ContextVar[TenantContext | None] = contextvars.ContextVar(
+    "tenant_context", default=None
+)
 
 
 def current() -> TenantContext | None:

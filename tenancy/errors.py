@@ -101,7 +101,8 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
     elif isinstance(exc, IntegrityError):
         # Never echo the constraint: it can name another tenant's value.
         return Response(
-            error_body("conflict", "The request conflicts with existing data."), status=status.HTTP_409_CONFLICT
+            error_body("conflict", "The request conflicts with existing data."),
+            status=status.HTTP_409_CONFLICT,
         )
     elif isinstance(exc, KeyServiceError):
         # Vault unreachable, a refused credential, or the organization's key gone: never plaintext, never a guess.
@@ -117,7 +118,9 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
     elif isinstance(exc, CiphertextError):
         logger.error("stored value failed authentication: %s", exc)
         return Response(
-            error_body("data_integrity_error", "A stored value failed its integrity check; it was not returned."),
+            error_body(
+                "data_integrity_error", "A stored value failed its integrity check; it was not returned."
+            ),
             status=status.HTTP_500_INTERNAL_SERVER_ERROR,
         )
     elif isinstance(exc, NoTenantContext):

@@ -99,7 +99,9 @@ class OrganizationByHostMiddleware:
         except (OperationalError, InterfaceError):
             # The database is unreachable: say so (503, as /readyz does) rather than answer 500.
             logger.exception("database unavailable while resolving the host")
-            return json_error("service_unavailable", "The service is temporarily unavailable; try again shortly.", 503)
+            return json_error(
+                "service_unavailable", "The service is temporarily unavailable; try again shortly.", 503
+            )
         if org_id is None:
             return json_error("unknown_host", "No organization is served at this host.", 404)
         request.org_id = org_id  # type: ignore[attr-defined]

@@ -59,7 +59,9 @@ def _check_parsed(data, max_depth: int) -> None:
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
-                raise exceptions.ParseError("JSON parse error - a string holds an unpaired surrogate.") from None
+                raise exceptions.ParseError(
+                    "JSON parse error - a string holds an unpaired surrogate."
+                ) from None
         elif isinstance(value, (dict, list)):
             if depth >= max_depth:
                 raise exceptions.ParseError(f"JSON parse error - nested deeper than {max_depth} levels.")
@@ -92,8 +94,16 @@ class OrganizationSettingsSerializer(serializers.ModelSerializer):
     class Meta:
         model = Organization
         fields = [
-            "slug", "name", "display_name", "primary_color", "accent_color", "logo_url",
-            "support_email", "support_phone", "require_mfa", "idle_timeout_minutes",
+            "slug",
+            "name",
+            "display_name",
+            "primary_color",
+            "accent_color",
+            "logo_url",
+            "support_email",
+            "support_phone",
+            "require_mfa",
+            "idle_timeout_minutes",
         ]
         read_only_fields = ["slug"]
 

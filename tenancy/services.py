@@ -77,7 +77,9 @@ def create_organization(
     return org, created
 
 
-def ensure_member(*, org: Organization, email: str, role: str, password: str | None, full_name: str = "") -> tuple[User, Membership, bool]:
+def ensure_member(
+    *, org: Organization, email: str, role: str, password: str | None, full_name: str = ""
+) -> tuple[User, Membership, bool]:
     """Create the user if needed and give them `role` in `org`. Idempotent; returns (user, membership, created).
 
     An existing user's password is left alone: the operator adding them to a second clinic does not reset it.
@@ -111,7 +113,9 @@ def add_member(*, org: Organization, email: str, role: str, display_name: str = 
     email = email.strip().lower()
     if Membership.objects.filter(email=email).exists():  # blind index, row-level security: this org only
         raise ApiError(
-            "already_member", "This person is already a member; change their role instead.", 409,
+            "already_member",
+            "This person is already a member; change their role instead.",
+            409,
             {"email": ["Already a member of this organization."]},
         )
     _, membership, _ = ensure_member(org=org, email=email, role=role, password=None, full_name=display_name)
@@ -140,7 +144,14 @@ def record_auth_event(
     email_hash = hashlib.sha256(email.encode()).hexdigest()[:16] if email else ""
     auth_events_logger.info(
         "auth_event kind=%s outcome=%s org=%s user=%s email_sha256=%s reason=%s request_id=%s ip=%s",
-        kind, outcome, org_id, user_id, email_hash, reason, request_id, source_ip,
+        kind,
+        outcome,
+        org_id,
+        user_id,
+        email_hash,
+        reason,
+        request_id,
+        source_ip,
     )
 
 
@@ -167,8 +178,13 @@ def _register_failure(membership: Membership, request_id: str, source_ip: str | 
         until = timezone.now() + timedelta(minutes=settings.LOGIN_LOCKOUT_MINUTES)
         Membership.objects.filter(pk=membership.pk).update(locked_until=until, failed_logins=0)
         record_auth_event(
-            kind="lockout", outcome="locked", org_id=membership.org_id, user_id=membership.user_id,
-            request_id=request_id, source_ip=source_ip, reason=f"{settings.LOGIN_MAX_FAILURES} failures",
+            kind="lockout",
+            outcome="locked",
+            org_id=membership.org_id,
+            user_id=membership.user_id,
+            request_id=request_id,
+            source_ip=source_ip,
+            reason=f"{settings.LOGIN_MAX_FAILURES} failures",
         )
 
 
@@ -180,7 +196,9 @@ def verify_totp(user: User, code: str) -> bool:
     now = timezone.now().timestamp()
     for drift in (0, -1, 1):
         counter = int(now // totp.interval) + drift
-        if counter > user.totp_last_counter and secrets.compare_digest(totp.at(counter * totp.interval), code):
+        if counter > user.totp_last_counter and secrets.compare_digest(
+            totp.at(counter * totp.interval), code
+        ):
             updated = User.objects.filter(pk=user.pk, totp_last_counter__lt=counter).update(
                 totp_last_counter=counter
             )
@@ -209,8 +227,14 @@ def sign_in(
 
     def fail(reason: str) -> SignIn:
         record_auth_event(
-            kind="login", outcome="failure", org_id=org.id, user_id=user.pk if membership else None,
-            email=email, request_id=request_id, source_ip=source_ip, reason=reason,
+            kind="login",
+            outcome="failure",
+            org_id=org.id,
+            user_id=user.pk if membership else None,
+            email=email,
+            request_id=request_id,
+            source_ip=source_ip,
+            reason=reason,
         )
         return INVALID
 
@@ -227,23 +251,36 @@ def sign_in(
     if user.totp_confirmed:
         if not totp_code:
             record_auth_event(
-                kind="mfa", outcome="challenge", org_id=org.id, user_id=user.pk,
-                request_id=request_id, source_ip=source_ip,
+                kind="mfa",
+                outcome="challenge",
+                org_id=org.id,
+                user_id=user.pk,
+                request_id=request_id,
+                source_ip=source_ip,
             )
             return SignIn(ok=False, error="mfa_required")
         if not verify_totp(user, totp_code):
             _register_failure(membership, request_id, source_ip)
             record_auth_event(
-                kind="mfa", outcome="failure", org_id=org.id, user_id=user.pk,
-                request_id=request_id, source_ip=source_ip,
+                kind="mfa",
+                outcome="failure",
+                org_id=org.id,
+                user_id=user.pk,
+                request_id=request_id,
+                source_ip=source_ip,
             )
             return fail("bad_totp")
     Membership.objects.filter(pk=membership.pk).update(failed_logins=0, locked_until=None)
     User.objects.filter(pk=user.pk).update(last_login=timezone.now())
     needs_enrollment = org.require_mfa and not user.totp_confirmed
     record_auth_event(
-        kind="login", outcome="success", org_id=org.id, user_id=user.pk, request_id=request_id,
-        source_ip=source_ip, reason="mfa_enrollment_required" if needs_enrollment else "",
+        kind="login",
+        outcome="success",
+        org_id=org.id,
+        user_id=user.pk,
+        request_id=request_id,
+        source_ip=source_ip,
+        reason="mfa_enrollment_required" if needs_enrollment else "",
     )
     return SignIn(ok=True, user=user, membership=membership, mfa_enrollment_required=needs_enrollment)
 
@@ -262,8 +299,13 @@ def issue_api_token(*, membership: Membership) -> tuple[str, ApiToken]:
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
     now = timezone.now()
     token = ApiToken(
-        org_id=membership.org_id, user_id=membership.user_id, membership=membership, key_hash=hash_token(raw), prefix=raw[:10],
-        expires_at=now + timedelta(minutes=settings.API_TOKEN_TTL_MINUTES), last_used_at=now,
+        org_id=membership.org_id,
+        user_id=membership.user_id,
+        membership=membership,
+        key_hash=hash_token(raw),
+        prefix=raw[:10],
+        expires_at=now + timedelta(minutes=settings.API_TOKEN_TTL_MINUTES),
+        last_used_at=now,
     )
     token.save()
     return raw, token
@@ -344,7 +386,9 @@ def check_purpose(role: str, requested: str | None) -> str:
         return allowed[0] if allowed else PurposeOfUse.OPERATIONS
     if requested not in PurposeOfUse.values:
         raise ApiError(
-            "invalid_purpose", f"Unknown purpose of use {requested[:40]!r}.", 400,
+            "invalid_purpose",
+            f"Unknown purpose of use {requested[:40]!r}.",
+            400,
             {"X-Purpose-Of-Use": [f"Choose one of {', '.join(PurposeOfUse.values)}."]},
         )
     if requested not in allowed:
@@ -358,9 +402,13 @@ def check_purpose(role: str, requested: str | None) -> str:
 @transaction.atomic
 def change_role(*, membership: Membership, role: str, actor: User) -> Membership:
     if role not in Role.values:
-        raise ApiError("invalid_role", "Unknown role.", 400, {"role": [f"Choose one of {', '.join(Role.values)}."]})
+        raise ApiError(
+            "invalid_role", "Unknown role.", 400, {"role": [f"Choose one of {', '.join(Role.values)}."]}
+        )
     if membership.user_id == actor.pk and role != Role.ORG_ADMIN:
-        raise ApiError("cannot_demote_self", "An administrator cannot remove their own administrator role.", 409)
+        raise ApiError(
+            "cannot_demote_self", "An administrator cannot remove their own administrator role.", 409
+        )
     membership.role = role
     membership.save(update_fields=["role"])
     logger.info("membership role changed membership=%s role=%s by=%s", membership.pk, role, actor.pk)

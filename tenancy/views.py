@@ -47,7 +47,10 @@ from .serializers import (
 )
 
 PURPOSE_HEADER = OpenApiParameter(
-    "X-Purpose-Of-Use", str, OpenApiParameter.HEADER, required=False,
+    "X-Purpose-Of-Use",
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
     enum=["treatment", "operations", "analytics", "audit", "emergency"],
     description="Purpose of use for this request; defaults to the role's usual purpose.",
 )
@@ -74,8 +77,11 @@ class TenantAPIView(APIView):
             purpose = services.check_purpose(auth.membership.role, request.headers.get("X-Purpose-Of-Use"))
             self._push(
                 TenantContext(
-                    org_id=org_id, role=auth.membership.role, user_id=request.user.pk,
-                    purpose=purpose, request_id=request_id,
+                    org_id=org_id,
+                    role=auth.membership.role,
+                    user_id=request.user.pk,
+                    purpose=purpose,
+                    request_id=request_id,
                 )
             )
             request.purpose = purpose  # type: ignore[attr-defined]
@@ -131,14 +137,19 @@ class _SignInBase(TenantAPIView):
         data = serializer.validated_data
         result = services.sign_in(
             org=request.organization,  # type: ignore[attr-defined]
-            email=data["email"], password=data["password"], totp_code=data.get("totp", ""),
-            request_id=request._request.request_id, source_ip=source_ip(request._request),
+            email=data["email"],
+            password=data["password"],
+            totp_code=data.get("totp", ""),
+            request_id=request._request.request_id,
+            source_ip=source_ip(request._request),
         )
         if result.ok:
             return result
         # Returned, not raised: a raised error would roll back the failure count and lockout.
         if result.error == "mfa_required":
-            body = error_body("mfa_required", "Enter the code from your authenticator app.", {"totp": ["Required."]})
+            body = error_body(
+                "mfa_required", "Enter the code from your authenticator app.", {"totp": ["Required."]}
+            )
         else:
             body = error_body(
                 "invalid_credentials",
@@ -152,10 +163,17 @@ class LoginView(_SignInBase):
 
     @extend_schema(
         request=LoginSerializer,
-        responses={200: inline_serializer("LoginResult", {
-            "user": serializers.DictField(), "organization": serializers.CharField(),
-            "role": serializers.CharField(), "mfa_enrollment_required": serializers.BooleanField(),
-        })},
+        responses={
+            200: inline_serializer(
+                "LoginResult",
+                {
+                    "user": serializers.DictField(),
+                    "organization": serializers.CharField(),
+                    "role": serializers.CharField(),
+                    "mfa_enrollment_required": serializers.BooleanField(),
+                },
+            )
+        },
         summary="Sign in to this organization's portal (session cookie)",
     )
     def post(self, request: Request) -> Response:
@@ -180,10 +198,16 @@ class TokenView(_SignInBase):
 
     @extend_schema(
         request=LoginSerializer,
-        responses={201: inline_serializer("TokenResult", {
-            "token": serializers.CharField(), "token_type": serializers.CharField(),
-            "expires_at": serializers.DateTimeField(),
-        })},
+        responses={
+            201: inline_serializer(
+                "TokenResult",
+                {
+                    "token": serializers.CharField(),
+                    "token_type": serializers.CharField(),
+                    "expires_at": serializers.DateTimeField(),
+                },
+            )
+        },
         summary="Issue a short-lived bearer token",
     )
     def post(self, request: Request) -> Response:
@@ -207,15 +231,21 @@ class TokenView(_SignInBase):
 class LogoutView(TenantAPIView):
     allow_mfa_pending = True
 
-    @extend_schema(request=None, responses={204: None}, summary="Sign out (ends the session or revokes the token)")
+    @extend_schema(
+        request=None, responses={204: None}, summary="Sign out (ends the session or revokes the token)"
+    )
     def post(self, request: Request) -> Response:
         auth: AuthInfo = request.auth  # type: ignore[assignment]
         if auth.token is not None:
             services.revoke_token(auth.token)
         services.record_auth_event(
-            kind="logout", outcome="success", org_id=request.organization.id,  # type: ignore[attr-defined]
-            user_id=request.user.pk, request_id=request._request.request_id,
-            source_ip=source_ip(request._request), reason=auth.method,
+            kind="logout",
+            outcome="success",
+            org_id=request.organization.id,  # type: ignore[attr-defined]
+            user_id=request.user.pk,
+            request_id=request._request.request_id,
+            source_ip=source_ip(request._request),
+            reason=auth.method,
         )
         if auth.method == "session":
             django_logout(request._request)
@@ -254,11 +284,17 @@ class TotpView(TenantAPIView):
     @extend_schema(request=None, responses=dict, summary="Start TOTP enrollment: a secret and otpauth URI")
     def post(self, request: Request) -> Response:
         body = services.begin_totp_enrollment(
-            user=request.user, org=request.organization, membership=request.auth.membership,  # type: ignore[attr-defined,arg-type,union-attr]
+            user=request.user,
+            org=request.organization,
+            membership=request.auth.membership,  # type: ignore[attr-defined,arg-type,union-attr]
         )
         services.record_auth_event(
-            kind="mfa", outcome="enrollment_started", org_id=request.organization.id,  # type: ignore[attr-defined]
-            user_id=request.user.pk, request_id=request._request.request_id, source_ip=source_ip(request._request),
+            kind="mfa",
+            outcome="enrollment_started",
+            org_id=request.organization.id,  # type: ignore[attr-defined]
+            user_id=request.user.pk,
+            request_id=request._request.request_id,
+            source_ip=source_ip(request._request),
         )
         return Response(body, status=status.HTTP_201_CREATED)
 
@@ -266,10 +302,16 @@ class TotpView(TenantAPIView):
     def delete(self, request: Request) -> Response:
         serializer = TotpCodeSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        services.remove_totp(user=request.user, org=request.organization, code=serializer.validated_data["code"])  # type: ignore[attr-defined,arg-type]
+        services.remove_totp(
+            user=request.user, org=request.organization, code=serializer.validated_data["code"]
+        )  # type: ignore[attr-defined,arg-type]
         services.record_auth_event(
-            kind="mfa", outcome="removed", org_id=request.organization.id,  # type: ignore[attr-defined]
-            user_id=request.user.pk, request_id=request._request.request_id, source_ip=source_ip(request._request),
+            kind="mfa",
+            outcome="removed",
+            org_id=request.organization.id,  # type: ignore[attr-defined]
+            user_id=request.user.pk,
+            request_id=request._request.request_id,
+            source_ip=source_ip(request._request),
         )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -277,14 +319,20 @@ class TotpView(TenantAPIView):
 class TotpConfirmView(TenantAPIView):
     allow_mfa_pending = True
 
-    @extend_schema(request=TotpCodeSerializer, responses={204: None}, summary="Confirm TOTP enrollment with a code")
+    @extend_schema(
+        request=TotpCodeSerializer, responses={204: None}, summary="Confirm TOTP enrollment with a code"
+    )
     def post(self, request: Request) -> Response:
         serializer = TotpCodeSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         services.confirm_totp_enrollment(user=request.user, code=serializer.validated_data["code"])  # type: ignore[arg-type]
         services.record_auth_event(
-            kind="mfa", outcome="enrolled", org_id=request.organization.id,  # type: ignore[attr-defined]
-            user_id=request.user.pk, request_id=request._request.request_id, source_ip=source_ip(request._request),
+            kind="mfa",
+            outcome="enrolled",
+            org_id=request.organization.id,  # type: ignore[attr-defined]
+            user_id=request.user.pk,
+            request_id=request._request.request_id,
+            source_ip=source_ip(request._request),
         )
         auth: AuthInfo = request.auth  # type: ignore[assignment]
         if auth.method == "session":
@@ -298,7 +346,9 @@ class TotpConfirmView(TenantAPIView):
 class OrganizationSettingsView(TenantAPIView):
     permission_classes = [IsOrgAdmin]
 
-    @extend_schema(responses=OrganizationSettingsSerializer, summary="This organization's branding and security settings")
+    @extend_schema(
+        responses=OrganizationSettingsSerializer, summary="This organization's branding and security settings"
+    )
     def get(self, request: Request) -> Response:
         return Response(OrganizationSettingsSerializer(request.organization).data)  # type: ignore[attr-defined]
 
@@ -339,7 +389,9 @@ class MembershipListView(TenantAPIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         membership = services.add_member(
-            org=request.organization, email=data["email"], role=data["role"],  # type: ignore[attr-defined]
+            org=request.organization,
+            email=data["email"],
+            role=data["role"],  # type: ignore[attr-defined]
             display_name=data.get("display_name", ""),
         )
         return Response(MembershipSerializer(membership).data, status=status.HTTP_201_CREATED)
@@ -357,5 +409,7 @@ class MembershipDetailView(TenantAPIView):
         membership = get_membership_for_user(request, membership_id)
         serializer = MembershipUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        services.change_role(membership=membership, role=serializer.validated_data["role"], actor=request.user)  # type: ignore[arg-type]
+        services.change_role(
+            membership=membership, role=serializer.validated_data["role"], actor=request.user
+        )  # type: ignore[arg-type]
         return Response(MembershipSerializer(membership).data)

@@ -30,17 +30,35 @@ ROLES = [Role.ORG_ADMIN, Role.PRACTITIONER, Role.STAFF, Role.AUDITOR, Role.PATIE
 # Synthetic patients with unmistakable values: tests/tenancy/test_encryption.py looks for them in a pg_dump.
 SEEDED_PATIENTS = {
     "alpha": [
-        {"given_name": "Quorvinda", "family_name": "Zephyrhollow", "email": "quorvinda.z@alpha-patients.test",
-         "health_card_number": "7391 846 205-QZ", "phone": "+1-555-7391", "birth_date": datetime.date(1961, 3, 14),
-         "address": {"line": "12 Larkspur Row", "city": "Eastvale"}},
-        {"given_name": "Brannoch", "family_name": "Ilvermoor", "email": "brannoch.i@alpha-patients.test",
-         "health_card_number": "5520 913 477-BI", "phone": "+1-555-5520", "birth_date": datetime.date(1984, 11, 2),
-         "address": {"line": "3 Juniper Close", "city": "Eastvale"}},
+        {
+            "given_name": "Quorvinda",
+            "family_name": "Zephyrhollow",
+            "email": "quorvinda.z@alpha-patients.test",
+            "health_card_number": "7391 846 205-QZ",
+            "phone": "+1-555-7391",
+            "birth_date": datetime.date(1961, 3, 14),
+            "address": {"line": "12 Larkspur Row", "city": "Eastvale"},
+        },
+        {
+            "given_name": "Brannoch",
+            "family_name": "Ilvermoor",
+            "email": "brannoch.i@alpha-patients.test",
+            "health_card_number": "5520 913 477-BI",
+            "phone": "+1-555-5520",
+            "birth_date": datetime.date(1984, 11, 2),
+            "address": {"line": "3 Juniper Close", "city": "Eastvale"},
+        },
     ],
     "beta": [
-        {"given_name": "Thessaly", "family_name": "Orrinwick", "email": "thessaly.o@beta-patients.test",
-         "health_card_number": "8802 114 639-TO", "phone": "+1-555-8802", "birth_date": datetime.date(1973, 6, 30),
-         "address": {"line": "88 Quay Street", "city": "Westport"}},
+        {
+            "given_name": "Thessaly",
+            "family_name": "Orrinwick",
+            "email": "thessaly.o@beta-patients.test",
+            "health_card_number": "8802 114 639-TO",
+            "phone": "+1-555-8802",
+            "birth_date": datetime.date(1973, 6, 30),
+            "address": {"line": "88 Quay Street", "city": "Westport"},
+        },
     ],
 }
 
@@ -76,7 +94,10 @@ def _make_clinic(slug: str, require_mfa: bool = False) -> Clinic:
         for record in SEEDED_PATIENTS.get(slug, []):
             # Each seeded patient also has a portal sign-in, so the dump test covers users and memberships.
             portal_user, _, _ = ensure_member(
-                org=org, email=record["email"], role=Role.PATIENT, password=PASSWORD,
+                org=org,
+                email=record["email"],
+                role=Role.PATIENT,
+                password=PASSWORD,
                 full_name=f"{record['given_name']} {record['family_name']}",
             )
             clinic.patients.append(Patient.objects.create(org_id=org.id, user=portal_user, **record))
@@ -162,16 +183,22 @@ def runtime_conninfo() -> str:
     """A fresh connection as the runtime role, outside Django: what an attacker with SQL would hold."""
     db = settings.DATABASES["default"]
     return psycopg.conninfo.make_conninfo(
-        dbname=db["NAME"], user=db["USER"], password=db["PASSWORD"] or None,
-        host=db["HOST"] or None, port=db["PORT"] or None,
+        dbname=db["NAME"],
+        user=db["USER"],
+        password=db["PASSWORD"] or None,
+        host=db["HOST"] or None,
+        port=db["PORT"] or None,
     )
 
 
 def owner_conninfo() -> str:
     db = settings.DATABASES["owner"]
     return psycopg.conninfo.make_conninfo(
-        dbname=db["NAME"], user=db["USER"], password=db["PASSWORD"] or None,
-        host=db["HOST"] or None, port=db["PORT"] or None,
+        dbname=db["NAME"],
+        user=db["USER"],
+        password=db["PASSWORD"] or None,
+        host=db["HOST"] or None,
+        port=db["PORT"] or None,
     )
 
 
@@ -185,4 +212,12 @@ def in_context(org, role="org_admin", **kwargs):
     return tenant_context(org_id=org.id, role=role, **kwargs)
 
 
-__all__ = ["PASSWORD", "Api", "Clinic", "in_context", "owner_conninfo", "platform_context", "runtime_conninfo"]
+__all__ = [
+    "PASSWORD",
+    "Api",
+    "Clinic",
+    "in_context",
+    "owner_conninfo",
+    "platform_context",
+    "runtime_conninfo",
+]

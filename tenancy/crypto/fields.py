@@ -113,7 +113,9 @@ class EncryptedField(models.Field):
             key = keyring.data_key(instance.org_id, sealed.key_id)
             return self.decode(open_sealed(sealed, key, self._aad(instance)))
         except CiphertextError as exc:
-            raise CiphertextError(f"{self.model._meta.label}.{self.name} of row {instance.pk}: {exc}") from exc
+            raise CiphertextError(
+                f"{self.model._meta.label}.{self.name} of row {instance.pk}: {exc}"
+            ) from exc
 
     def pre_save(self, model_instance, add):
         raw = model_instance.__dict__.get(self.attname)
@@ -123,7 +125,9 @@ class EncryptedField(models.Field):
         if remembered is not None and remembered[1] == raw:
             return remembered[0]  # unchanged since it was read: keep the stored ciphertext
         if model_instance.org_id is None or model_instance.pk is None:
-            raise EncryptedFieldError(f"{self.model._meta.label}: set org and pk before saving encrypted fields")
+            raise EncryptedFieldError(
+                f"{self.model._meta.label}: set org and pk before saving encrypted fields"
+            )
         key_id, key = keyring.current_key(model_instance.org_id)
         sealed = seal(key_id, key, self.encode(raw), self._aad(model_instance))
         model_instance.__dict__[_sealed_slot(self.attname)] = (sealed, raw)

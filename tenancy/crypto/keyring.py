@@ -26,8 +26,12 @@ INDEX = "index"
 
 
 class Keyring:
-    def __init__(self, ttl: float | None = None, max_entries: int = 4096,
-                 client: Callable[[], VaultClient] = app_client):
+    def __init__(
+        self,
+        ttl: float | None = None,
+        max_entries: int = 4096,
+        client: Callable[[], VaultClient] = app_client,
+    ):
         self.ttl = ttl if ttl is not None else settings.DATA_KEY_CACHE_TTL_SECONDS
         self.max_entries = max_entries
         self._client = client
@@ -118,7 +122,9 @@ class Keyring:
         with self._org_lock(org_id):
             row = (
                 DataKey.objects.filter(org_id=org_id, purpose=purpose, retired_at__isnull=True)
-                .order_by("-created_at").values_list("id", "wrapped").first()
+                .order_by("-created_at")
+                .values_list("id", "wrapped")
+                .first()
             )
             if row is not None:
                 key_id, wrapped = row

@@ -54,9 +54,9 @@ def rotate_org_key(org_id: uuid.UUID, progress: Progress = _quiet, batch: int = 
     latest = client.rotate_org_key(org_id)
     progress(f"Transit key rotated to version {latest}.")
     with _ctx(org_id):
-        retired = DataKey.objects.filter(org_id=org_id, purpose=DataKey.Purpose.DATA, retired_at__isnull=True).update(
-            retired_at=timezone.now()
-        )
+        retired = DataKey.objects.filter(
+            org_id=org_id, purpose=DataKey.Purpose.DATA, retired_at__isnull=True
+        ).update(retired_at=timezone.now())
     keyring.purge(org_id)
     with _ctx(org_id):
         keyring.current_key(org_id, DATA)  # a fresh data key, wrapped under the newest version
@@ -66,7 +66,9 @@ def rotate_org_key(org_id: uuid.UUID, progress: Progress = _quiet, batch: int = 
     while True:
         with _ctx(org_id):
             stale = list(
-                DataKey.objects.filter(org_id=org_id).exclude(wrapped__startswith=prefix).order_by("id")[:batch]
+                DataKey.objects.filter(org_id=org_id)
+                .exclude(wrapped__startswith=prefix)
+                .order_by("id")[:batch]
             )
             if not stale:
                 break
@@ -104,14 +106,18 @@ def reencrypt(org_id: uuid.UUID, progress: Progress = _quiet, batch: int = 500) 
                 last_pk = rows[-1].pk
                 for row in rows:
                     stale = [
-                        f for f in fields
-                        if row.__dict__.get(f.attname) is not None and parse(row.__dict__[f.attname])[1] != current_id
+                        f
+                        for f in fields
+                        if row.__dict__.get(f.attname) is not None
+                        and parse(row.__dict__[f.attname])[1] != current_id
                     ]
                     if not stale:
                         continue
                     for f in stale:
                         value = getattr(row, f.name)  # opens with the old key
-                        row.__dict__.pop(_sealed_slot(f.attname), None)  # forget the old ciphertext: seal anew
+                        row.__dict__.pop(
+                            _sealed_slot(f.attname), None
+                        )  # forget the old ciphertext: seal anew
                         row.__dict__[f.attname] = value
                     with transaction.atomic():
                         row.save(update_fields=[f.name for f in stale])

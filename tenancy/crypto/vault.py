@@ -90,7 +90,9 @@ class VaultClient:
                 if self._client.token and now < self._token_expires:
                     auth = self._client.auth.token.renew_self()["auth"]
                 else:
-                    auth = self._client.auth.approle.login(role_id=self._role_id, secret_id=self._secret_id)["auth"]
+                    auth = self._client.auth.approle.login(role_id=self._role_id, secret_id=self._secret_id)[
+                        "auth"
+                    ]
                 self.calls += 1
             except (requests.RequestException, hvac.exceptions.VaultDown) as exc:
                 raise VaultUnavailable(f"Vault is unreachable at {self.addr}: {type(exc).__name__}") from exc
@@ -147,7 +149,8 @@ class VaultClient:
     def generate_data_key(self, org_id: uuid.UUID) -> tuple[bytes, str]:
         """A fresh 256-bit data key: (plaintext for this process's memory, wrapped for the database)."""
         data = self._call(
-            "POST", f"{self.mount}/datakey/plaintext/{key_name(org_id)}",
+            "POST",
+            f"{self.mount}/datakey/plaintext/{key_name(org_id)}",
             {"context": derivation_context(org_id), "bits": 256},
         )["data"]
         return base64.b64decode(data["plaintext"]), data["ciphertext"]
@@ -164,7 +167,8 @@ class VaultClient:
     def _unwrap_batch(self, org_id: uuid.UUID, wrapped: list[str]) -> list[bytes | KeyServiceError]:
         context = derivation_context(org_id)
         body = self._call(
-            "POST", f"{self.mount}/decrypt/{key_name(org_id)}",
+            "POST",
+            f"{self.mount}/decrypt/{key_name(org_id)}",
             {"batch_input": [{"ciphertext": w, "context": context} for w in wrapped]},
         )
         results: list[bytes | KeyServiceError] = []
@@ -194,7 +198,8 @@ class VaultClient:
         """Re-encrypt wrapped data keys under the newest key version; plaintext never leaves Vault."""
         context = derivation_context(org_id)
         body = self._call(
-            "POST", f"{self.mount}/rewrap/{key_name(org_id)}",
+            "POST",
+            f"{self.mount}/rewrap/{key_name(org_id)}",
             {"batch_input": [{"ciphertext": w, "context": context} for w in wrapped]},
         )
         out = []
@@ -205,7 +210,9 @@ class VaultClient:
         return out
 
     def set_min_decryption_version(self, org_id: uuid.UUID, version: int) -> None:
-        self._call("POST", f"{self.mount}/keys/{key_name(org_id)}/config", {"min_decryption_version": version})
+        self._call(
+            "POST", f"{self.mount}/keys/{key_name(org_id)}/config", {"min_decryption_version": version}
+        )
 
     def delete_org_key(self, org_id: uuid.UUID) -> None:
         self._call("POST", f"{self.mount}/keys/{key_name(org_id)}/config", {"deletion_allowed": True})
@@ -223,10 +230,15 @@ def app_client() -> VaultClient:
         with _clients_lock:
             if _app_client is None:
                 if not settings.VAULT_ADDR:
-                    raise VaultUnavailable("Vault is not configured (VAULT_ADDR): health information is unavailable")
+                    raise VaultUnavailable(
+                        "Vault is not configured (VAULT_ADDR): health information is unavailable"
+                    )
                 _app_client = VaultClient(
-                    settings.VAULT_ADDR, token=settings.VAULT_TOKEN, role_id=settings.VAULT_ROLE_ID,
-                    secret_id=settings.VAULT_SECRET_ID, mount=settings.VAULT_TRANSIT_MOUNT,
+                    settings.VAULT_ADDR,
+                    token=settings.VAULT_TOKEN,
+                    role_id=settings.VAULT_ROLE_ID,
+                    secret_id=settings.VAULT_SECRET_ID,
+                    mount=settings.VAULT_TRANSIT_MOUNT,
                     timeout=settings.VAULT_TIMEOUT_SECONDS,
                 )
     return _app_client
@@ -236,9 +248,13 @@ def ops_client() -> VaultClient:
     global _ops_client
     if _ops_client is None:
         if not settings.VAULT_ADDR or not settings.VAULT_OPS_TOKEN:
-            raise VaultUnavailable("key operations need VAULT_ADDR and VAULT_OPS_TOKEN (an operator's credential)")
+            raise VaultUnavailable(
+                "key operations need VAULT_ADDR and VAULT_OPS_TOKEN (an operator's credential)"
+            )
         _ops_client = VaultClient(
-            settings.VAULT_ADDR, token=settings.VAULT_OPS_TOKEN, mount=settings.VAULT_TRANSIT_MOUNT,
+            settings.VAULT_ADDR,
+            token=settings.VAULT_OPS_TOKEN,
+            mount=settings.VAULT_TRANSIT_MOUNT,
             timeout=max(settings.VAULT_TIMEOUT_SECONDS, 10.0),
         )
     return _ops_client

@@ -62,8 +62,12 @@ def test_every_tenant_table_has_a_policy_for_every_command_with_the_org_check():
                 if cmd in ("INSERT", "UPDATE", "ALL"):
                     assert with_check, f"{table}: {cmd} policy has no WITH CHECK"
                 for expression in (qual, with_check):
-                    assert (expression or "").strip().lower() not in ("true", "(true)"), f"{table}: USING (true)"
-            assert covered == {"SELECT", "INSERT", "UPDATE", "DELETE"}, f"{table}: policies cover only {covered}"
+                    assert (expression or "").strip().lower() not in ("true", "(true)"), (
+                        f"{table}: USING (true)"
+                    )
+            assert covered == {"SELECT", "INSERT", "UPDATE", "DELETE"}, (
+                f"{table}: policies cover only {covered}"
+            )
 
 
 def test_no_policy_anywhere_is_unconditionally_true():
@@ -90,10 +94,16 @@ def test_references_between_tenant_tables_are_composite_with_the_org():
         )
         fks = cursor.fetchall()
     single = [(s, d, cols) for s, d, _, cols in fks if s in tables and d in tables and "org_id" not in cols]
-    composite = {(s, d, next(c for c in cols if c != "org_id")) for s, d, _, cols in fks if "org_id" in cols and len(cols) == 2}
+    composite = {
+        (s, d, next(c for c in cols if c != "org_id"))
+        for s, d, _, cols in fks
+        if "org_id" in cols and len(cols) == 2
+    }
     assert fks, "no foreign keys found at all"
     for src, dst, cols in single:
-        assert (src, dst, cols[0]) in composite, f"{src}.{cols[0]} -> {dst} is not bound to the same organization"
+        assert (src, dst, cols[0]) in composite, (
+            f"{src}.{cols[0]} -> {dst} is not bound to the same organization"
+        )
 
 
 def test_unique_constraints_on_tenant_tables_include_the_org():
@@ -118,7 +128,9 @@ def test_unique_constraints_on_tenant_tables_include_the_org():
 
 def test_runtime_role_is_not_owner_superuser_or_bypassrls():
     with connection.cursor() as cursor:
-        cursor.execute("SELECT rolsuper, rolbypassrls, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = current_user")
+        cursor.execute(
+            "SELECT rolsuper, rolbypassrls, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = current_user"
+        )
         assert cursor.fetchone() == (False, False, False, False)
         cursor.execute(
             "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "

@@ -43,7 +43,9 @@ def test_without_context_the_application_raises_instead_of_returning_nothing(cli
         list(model._base_manager.all())
 
 
-@pytest.mark.parametrize("table", ["tenancy_membership", "tenancy_domain", "tenancy_apitoken", "tenancy_organization"])
+@pytest.mark.parametrize(
+    "table", ["tenancy_membership", "tenancy_domain", "tenancy_apitoken", "tenancy_organization"]
+)
 def test_without_context_the_database_shows_zero_rows(clinics, raw_runtime, table):
     assert raw_runtime.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
 
@@ -92,7 +94,9 @@ def test_a_signed_context_edited_to_another_org_is_refused(clinics, raw_runtime,
     tampered = genuine.replace(str(alpha.org.id), str(beta.org.id))
     with raw_runtime.transaction():
         raw_runtime.execute("SELECT set_config('app.context', %s, true)", [genuine])
-        assert raw_runtime.execute("SELECT count(*) FROM tenancy_membership WHERE org_id <> %s", [alpha.org.id]).fetchone() == (0,)
+        assert raw_runtime.execute(
+            "SELECT count(*) FROM tenancy_membership WHERE org_id <> %s", [alpha.org.id]
+        ).fetchone() == (0,)
         assert raw_runtime.execute("SELECT count(*) FROM tenancy_membership").fetchone()[0] >= 5
     with raw_runtime.transaction():
         raw_runtime.execute("SELECT set_config('app.context', %s, true)", [tampered])
@@ -103,7 +107,9 @@ def test_a_signed_context_edited_to_another_org_is_refused(clinics, raw_runtime,
 
 def test_an_expired_context_is_refused(clinics, raw_runtime, alpha):
     with raw_runtime.transaction():
-        raw_runtime.execute("SELECT set_config('app.context', %s, true)", [signed_for(alpha.org.id, expires_in=-5)])
+        raw_runtime.execute(
+            "SELECT set_config('app.context', %s, true)", [signed_for(alpha.org.id, expires_in=-5)]
+        )
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="expired"):
             with raw_runtime.transaction():
                 raw_runtime.execute("SELECT count(*) FROM tenancy_membership")
@@ -121,8 +127,12 @@ def test_forged_headers_do_not_change_the_organization(clinics, api, alpha, beta
     client = api(alpha.host)
     client.sign_in_token(alpha.email("org_admin"))
     headers = {
-        "X-Org-Id": str(beta.org.id), "X-Organization": beta.org.slug, "X-Tenant": beta.org.slug,
-        "X-Forwarded-Host": beta.host, "X-Original-Host": beta.host, "Forwarded": f"host={beta.host}",
+        "X-Org-Id": str(beta.org.id),
+        "X-Organization": beta.org.slug,
+        "X-Tenant": beta.org.slug,
+        "X-Forwarded-Host": beta.host,
+        "X-Original-Host": beta.host,
+        "Forwarded": f"host={beta.host}",
     }
     response = client.get("/api/v1/memberships", **headers)
     assert response.status_code == 200
@@ -137,6 +147,7 @@ def test_forged_headers_do_not_change_the_organization(clinics, api, alpha, beta
 def test_one_connection_serves_org_a_then_b_then_no_context(clinics, alpha, beta):
     """Transaction-local settings: nothing of one transaction's context survives into the next."""
     with psycopg.connect(runtime_conninfo(), autocommit=True) as conn:
+
         def members(signed: str | None) -> set:
             with conn.transaction():
                 if signed:
@@ -162,7 +173,7 @@ def test_the_django_connection_forgets_the_context_after_each_block(clinics, alp
         assert set(Membership.objects.values_list("org_id", flat=True)) == {beta.org.id}
     with pytest.raises(ZeroDivisionError):
         with in_context(alpha.org):
-            1 / 0  # noqa: B018
+            1 / 0
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM tenancy_membership")
         assert cursor.fetchone() == (0,)
@@ -229,7 +240,9 @@ def test_a_write_carrying_another_orgs_id_is_rejected(clinics, alpha, beta):
     with in_context(alpha.org):
         with pytest.raises(Exception, match="row-level security"):
             with transaction.atomic():
-                Membership(org_id=beta.org.id, user=alpha.user("patient"), role="org_admin").save(force_insert=True)
+                Membership(org_id=beta.org.id, user=alpha.user("patient"), role="org_admin").save(
+                    force_insert=True
+                )
 
 
 def test_a_foreign_key_to_another_orgs_row_is_rejected(clinics, alpha, beta):
@@ -241,9 +254,12 @@ def test_a_foreign_key_to_another_orgs_row_is_rejected(clinics, alpha, beta):
         with pytest.raises(IntegrityError):
             with transaction.atomic():
                 ApiToken(
-                    org_id=alpha.org.id, user=alpha.user("org_admin"),
+                    org_id=alpha.org.id,
+                    user=alpha.user("org_admin"),
                     membership_id=beta.membership("org_admin").pk,  # beta's row
-                    key_hash=uuid.uuid4().hex * 2, prefix="x", expires_at=timezone.now(),
+                    key_hash=uuid.uuid4().hex * 2,
+                    prefix="x",
+                    expires_at=timezone.now(),
                 ).save(force_insert=True)
 
 
@@ -315,9 +331,12 @@ def test_another_session_cannot_copy_the_signed_context_from_pg_stat_activity(cl
         future = pool.submit(hold_a_context_open, started, release)
         assert started.wait(10)
         try:
-            texts = [row[0] or "" for row in spy.execute(
-                "SELECT query FROM pg_stat_activity WHERE usename = current_user AND pid <> pg_backend_pid()"
-            ).fetchall()]
+            texts = [
+                row[0] or ""
+                for row in spy.execute(
+                    "SELECT query FROM pg_stat_activity WHERE usename = current_user AND pid <> pg_backend_pid()"
+                ).fetchall()
+            ]
         finally:
             release.set()
             future.result()

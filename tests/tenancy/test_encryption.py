@@ -23,7 +23,13 @@ from tenancy.crypto import envelope, operations
 from tenancy.crypto.envelope import CiphertextError, Sealed
 from tenancy.crypto.fields import EncryptedFieldError
 from tenancy.crypto.keyring import keyring
-from tenancy.crypto.vault import KeyNotFound, UnwrapFailed, VaultClient, VaultUnavailable, app_client, set_clients
+from tenancy.crypto.vault import (
+    KeyNotFound,
+    UnwrapFailed,
+    VaultClient,
+    VaultUnavailable,
+    set_clients,
+)
 from tenancy.models import DataKey
 from tenancy.services import create_organization
 from tests.conftest import SEEDED_PATIENTS, in_context
@@ -50,9 +56,13 @@ def reload(patient: Patient) -> Patient:
 
 def new_patient(org, **overrides) -> Patient:
     values = {
-        "given_name": "Test", "family_name": "Person", "birth_date": datetime.date(1990, 1, 1),
-        "email": f"{uuid.uuid4().hex[:8]}@example.test", "phone": "+1-555-0000",
-        "address": {"city": "Nowhere"}, "health_card_number": uuid.uuid4().hex[:10],
+        "given_name": "Test",
+        "family_name": "Person",
+        "birth_date": datetime.date(1990, 1, 1),
+        "email": f"{uuid.uuid4().hex[:8]}@example.test",
+        "phone": "+1-555-0000",
+        "address": {"city": "Nowhere"},
+        "health_card_number": uuid.uuid4().hex[:10],
     }
     values.update(overrides)
     return Patient.objects.create(org_id=org.id, **values)
@@ -200,7 +210,9 @@ def own_vault(tmp_path):
     """An OpenBao this test may stop; the process's Vault clients point at it for the test's duration."""
     server = DevVault(tmp_path / "bao")
     env = server.start()
-    app = VaultClient(env["VAULT_ADDR"], role_id=env["VAULT_ROLE_ID"], secret_id=env["VAULT_SECRET_ID"], timeout=1)
+    app = VaultClient(
+        env["VAULT_ADDR"], role_id=env["VAULT_ROLE_ID"], secret_id=env["VAULT_SECRET_ID"], timeout=1
+    )
     ops = VaultClient(env["VAULT_ADDR"], token=env["VAULT_OPS_TOKEN"], timeout=5)
     set_clients(app, ops)
     keyring.purge()
@@ -300,7 +312,7 @@ def test_the_application_cannot_create_or_rotate_keys(own_vault):
 
 
 def test_rotation_keeps_every_row_readable_and_refuses_the_old_wrapped_key(own_vault):
-    _, app, ops = own_vault
+    _, app, _ops = own_vault
     org, _ = create_organization(slug="rotating-clinic", name="Rotating", domains=["rotating.localhost"])
     with in_context(org):
         patients = [new_patient(org, given_name=f"P{i}") for i in range(5)]
@@ -326,7 +338,7 @@ def test_rotation_keeps_every_row_readable_and_refuses_the_old_wrapped_key(own_v
 
 
 def test_a_shredded_organization_stays_unreadable_and_others_are_unaffected(own_vault, alpha):
-    _, app, ops = own_vault
+    _, _app, ops = own_vault
     leaving, _ = create_organization(slug="leaving-clinic", name="Leaving", domains=["leaving.localhost"])
     staying, _ = create_organization(slug="staying-clinic", name="Staying", domains=["staying.localhost"])
     with in_context(leaving):
@@ -359,17 +371,22 @@ def test_a_superuser_pg_dump_contains_no_seeded_patient_phi(clinics):
     info = psycopg.conninfo.conninfo_to_dict(admin)
     info["dbname"] = settings.DATABASES["default"]["NAME"]
     with psycopg.connect(psycopg.conninfo.make_conninfo(**info)) as conn:
-        assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (True,)
+        assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (
+            True,
+        )
         assert conn.execute("SELECT count(*) FROM clinic_patient").fetchone()[0] >= 3
     dump = subprocess.run(
         [pg_dump_binary(), "--no-owner", psycopg.conninfo.make_conninfo(**info)],
-        capture_output=True, check=True,
+        capture_output=True,
+        check=True,
     ).stdout
     assert b"clinic_patient" in dump
     for records in SEEDED_PATIENTS.values():
         for record in records:
             for field in ("given_name", "family_name", "email", "health_card_number", "phone"):
                 needle = record[field].encode()
-                assert needle not in dump and needle.lower() not in dump, f"{field} {record[field]!r} in the dump"
+                assert needle not in dump and needle.lower() not in dump, (
+                    f"{field} {record[field]!r} in the dump"
+                )
             assert record["birth_date"].isoformat().encode() not in dump
             assert record["address"]["line"].encode() not in dump

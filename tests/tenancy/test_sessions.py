@@ -12,7 +12,9 @@ def sign_in(api, clinic):
     portal = api(clinic.host, enforce_csrf_checks=True)
     token = portal.get("/api/v1/auth/csrf").json()["csrf_token"]
     response = portal.post(
-        "/api/v1/auth/login", {"email": clinic.email("practitioner"), "password": PASSWORD}, **{"X-CSRFToken": token}
+        "/api/v1/auth/login",
+        {"email": clinic.email("practitioner"), "password": PASSWORD},
+        **{"X-CSRFToken": token},
     )
     assert response.status_code == 200, response.content
     return portal

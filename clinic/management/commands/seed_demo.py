@@ -35,8 +35,18 @@ CLINICS = [
             ("auditor@northwind.example", Role.AUDITOR, "Casey Auditor"),
         ],
         "patients": [
-            "Ada Brook", "Ben Carter", "Cleo Dunn", "Dev Ellis", "Eva Frost", "Finn Gray",
-            "Gia Hale", "Hugo Irwin", "Ivy Jones", "Jon Kerr", "Kai Lund", "Lena Moss",
+            "Ada Brook",
+            "Ben Carter",
+            "Cleo Dunn",
+            "Dev Ellis",
+            "Eva Frost",
+            "Finn Gray",
+            "Gia Hale",
+            "Hugo Irwin",
+            "Ivy Jones",
+            "Jon Kerr",
+            "Kai Lund",
+            "Lena Moss",
         ],
     },
     {
@@ -56,8 +66,18 @@ CLINICS = [
             ("auditor@harbor.example", Role.AUDITOR, "Quinn Auditor"),
         ],
         "patients": [
-            "Mia North", "Noah Olsen", "Omar Price", "Pia Quinn", "Ravi Reyes", "Sara Stone",
-            "Tom Usher", "Uma Vale", "Vic Wade", "Wren Xu", "Yara Young", "Zed Zane",
+            "Mia North",
+            "Noah Olsen",
+            "Omar Price",
+            "Pia Quinn",
+            "Ravi Reyes",
+            "Sara Stone",
+            "Tom Usher",
+            "Uma Vale",
+            "Vic Wade",
+            "Wren Xu",
+            "Yara Young",
+            "Zed Zane",
         ],
     },
 ]
@@ -86,10 +106,16 @@ class Command(BaseCommand):
         created_any = False
         for clinic in CLINICS:
             org, created = create_organization(
-                slug=clinic["slug"], name=clinic["name"], domains=[clinic["host"]], require_mfa=False,
-                display_name=clinic["name"], primary_color=clinic["primary_color"],
-                accent_color=clinic["accent_color"], support_email=clinic["support_email"],
-                support_phone=clinic["support_phone"], idle_timeout_minutes=30,
+                slug=clinic["slug"],
+                name=clinic["name"],
+                domains=[clinic["host"]],
+                require_mfa=False,
+                display_name=clinic["name"],
+                primary_color=clinic["primary_color"],
+                accent_color=clinic["accent_color"],
+                support_email=clinic["support_email"],
+                support_phone=clinic["support_phone"],
+                idle_timeout_minutes=30,
             )
             created_any |= created
             people = [(email, role, name) for email, role, name in clinic["people"]]

@@ -75,7 +75,9 @@ class Command(BaseCommand):
         runtime = _parts(settings.DATABASE_URL)
         owner = _parts(settings.DATABASE_OWNER_URL)
         if not settings.DATABASE_OWNER_URL:
-            raise CommandError("bootstrap_db needs DATABASE_OWNER_URL (the role that owns the tables) besides DATABASE_URL")
+            raise CommandError(
+                "bootstrap_db needs DATABASE_OWNER_URL (the role that owns the tables) besides DATABASE_URL"
+            )
         if not runtime["user"] or not owner["user"]:
             raise CommandError("DATABASE_URL and DATABASE_OWNER_URL must each name a user")
         if runtime["user"] == owner["user"]:
@@ -86,7 +88,9 @@ class Command(BaseCommand):
         if admin_url:
             self._create_roles_and_database(admin_url, runtime, owner, dbname, options["recreate"])
         else:
-            self.stdout.write("No admin URL: assuming the roles and database exist (deploy/postgres/roles.sql).")
+            self.stdout.write(
+                "No admin URL: assuming the roles and database exist (deploy/postgres/roles.sql)."
+            )
         if not options["skip_migrate"]:
             call_command("migrate", database="owner", interactive=False, verbosity=0)
             self.stdout.write("Migrated as the owner role.")
@@ -107,7 +111,9 @@ class Command(BaseCommand):
                     statement = sql.SQL("{} PASSWORD {}").format(statement, sql.Literal(role["password"]))
                 conn.execute(statement)
             if recreate:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
+                )
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [dbname]).fetchone()
             if not exists:
                 conn.execute(

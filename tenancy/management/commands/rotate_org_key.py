@@ -20,7 +20,9 @@ class Command(BaseCommand):
             result = rotate_org_key(org.id, progress=self.stdout.write)
         except KeyServiceError as exc:
             raise CommandError(f"key rotation stopped: {exc}. Run the command again to finish.") from exc
-        self.stdout.write(self.style.SUCCESS(
-            f"{org.slug}: key at version {result['version']}, {result['rewrapped']} data key(s) rewrapped. "
-            "Run `reencrypt --org " + org.slug + "` to move rows onto the new data key."
-        ))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"{org.slug}: key at version {result['version']}, {result['rewrapped']} data key(s) rewrapped. "
+                "Run `reencrypt --org " + org.slug + "` to move rows onto the new data key."
+            )
+        )

@@ -23,4 +23,6 @@ class Command(BaseCommand):
             shred_org(org.id, progress=self.stdout.write)
         except KeyServiceError as exc:
             raise CommandError(f"shredding stopped: {exc}. Run the command again to finish.") from exc
-        self.stdout.write(self.style.SUCCESS(f"{org.slug}: crypto-shredded. Its encrypted data is unreadable."))
+        self.stdout.write(
+            self.style.SUCCESS(f"{org.slug}: crypto-shredded. Its encrypted data is unreadable.")
+        )
