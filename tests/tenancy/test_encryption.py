@@ -390,3 +390,41 @@ def test_a_superuser_pg_dump_contains_no_seeded_patient_phi(clinics):
                 )
             assert record["birth_date"].isoformat().encode() not in dump
             assert record["address"]["line"].encode() not in dump
+
+
+# -- credentials and the key log ---------------------------------------------------------------------
+
+
+def test_every_vault_request_carries_the_applications_request_id(api, alpha):
+    """Vault's audit device records the request id, so the key log joins the application's log."""
+    audit_log = Path(os.environ["VAULT_AUDIT_LOG"])
+    client = api(alpha.host)
+    client.sign_in_token(alpha.email("org_admin"))
+    keyring.purge()  # cold: listing members must unwrap alpha's data key
+    request_id = f"join-{uuid.uuid4().hex}"
+    response = client.get("/api/v1/memberships", **{"X-Request-ID": request_id})
+    assert response.status_code == 200 and response["X-Request-ID"] == request_id
+    assert request_id in audit_log.read_text()
+
+
+def test_an_approle_token_is_renewed_or_replaced_before_it_lapses(own_vault):
+    import time
+
+    import hvac
+
+    server, _, ops = own_vault
+    root = hvac.Client(url=server.addr, token=server.root_token)
+    root.auth.approle.create_or_update_approle(
+        "short-lived", token_policies=["telemed-app"], token_ttl="3s", token_max_ttl="6s"
+    )
+    role_id = root.auth.approle.read_role_id("short-lived")["data"]["role_id"]
+    secret_id = root.auth.approle.generate_secret_id("short-lived")["data"]["secret_id"]
+    client = VaultClient(server.addr, role_id=role_id, secret_id=secret_id, timeout=2)
+    org_id = uuid.uuid4()
+    ops.create_org_key(org_id)
+    _, wrapped = client.generate_data_key(org_id)
+    deadline = time.monotonic() + 9  # outlives the token's TTL and its maximum TTL
+    while time.monotonic() < deadline:
+        result = client.unwrap(org_id, [wrapped])[0]
+        assert isinstance(result, bytes) and len(result) == 32
+        time.sleep(0.5)
