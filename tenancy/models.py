@@ -124,7 +124,7 @@ class TenantQuerySet(models.QuerySet):
 
     def _insert(self, *args, **kwargs):  # type: ignore[override]
         require_context(self.model)
-        return super()._insert(*args, **kwargs)
+        return super()._insert(*args, **kwargs)  # type: ignore[misc]  # private QuerySet API the stubs omit
 
 
 class TenantManager(models.Manager.from_queryset(TenantQuerySet)):  # type: ignore[misc]

@@ -193,7 +193,7 @@ class EnableTenantRLS(migrations.operations.base.Operation):
         return f"Enable tenant row-level security on {self.model_name}"
 
     def deconstruct(self):
-        kwargs = {"model_name": self.model_name}
+        kwargs: dict[str, object] = {"model_name": self.model_name}
         if self.platform:
             kwargs["platform"] = True
         return (self.__class__.__name__, [], kwargs)

@@ -230,7 +230,7 @@ def sign_in(
             kind="login",
             outcome="failure",
             org_id=org.id,
-            user_id=user.pk if membership else None,
+            user_id=user.pk if membership and user is not None else None,
             email=email,
             request_id=request_id,
             source_ip=source_ip,

@@ -31,7 +31,7 @@ class HashedSessionKeyField(models.CharField):
 class PortalSession(AbstractBaseSession):
     session_key = HashedSessionKeyField("session key", max_length=67, primary_key=True)
 
-    class Meta(AbstractBaseSession.Meta):
+    class Meta(AbstractBaseSession.Meta):  # type: ignore[name-defined]  # the stubs omit abstract models' Meta
         db_table = "tenancy_portal_session"
 
     @classmethod

@@ -30,11 +30,15 @@ from .authentication import (
     SESSION_ORG,
     AuthInfo,
     enforce_csrf,
+    request_auth,
+    request_id_of,
+    request_org,
+    request_user,
     source_ip,
 )
 from .context import ANONYMOUS, TenantContext, activate, deactivate
 from .errors import ApiError, error_body, json_error
-from .models import Membership, Organization
+from .models import Membership, Organization, User
 from .permissions import IsOrgAdmin
 from .serializers import (
     BrandingSerializer,
@@ -70,6 +74,7 @@ class TenantAPIView(APIView):
         request_id = getattr(django_request, "request_id", uuid.uuid4().hex)
         # Signed-out context first: enough to read the organization and confine the authentication lookups.
         self._push(TenantContext(org_id=org_id, role=ANONYMOUS, request_id=request_id))
+        # DRF's Request has no such attribute in the stubs; read it back through request_org().
         request.organization = services.get_organization(org_id)  # type: ignore[attr-defined]
         super().initial(request, *args, **kwargs)
         auth = request.auth
@@ -84,7 +89,7 @@ class TenantAPIView(APIView):
                     request_id=request_id,
                 )
             )
-            request.purpose = purpose  # type: ignore[attr-defined]
+            request.purpose = purpose  # type: ignore[attr-defined]  # set here for views to read
 
     def _push(self, ctx: TenantContext) -> None:
         self._context_tokens.append(activate(ctx))
@@ -110,8 +115,7 @@ class BrandingView(TenantAPIView):
 
     @extend_schema(responses=BrandingSerializer, summary="The portal's branding for this host (no sign-in)")
     def get(self, request: Request) -> Response:
-        org: Organization = request.organization  # type: ignore[attr-defined]
-        return Response(org.branding)
+        return Response(request_org(request).branding)
 
 
 @ensure_csrf_cookie
@@ -136,11 +140,11 @@ class _SignInBase(TenantAPIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         result = services.sign_in(
-            org=request.organization,  # type: ignore[attr-defined]
+            org=request_org(request),
             email=data["email"],
             password=data["password"],
             totp_code=data.get("totp", ""),
-            request_id=request._request.request_id,
+            request_id=request_id_of(request._request),
             source_ip=source_ip(request._request),
         )
         if result.ok:
@@ -183,7 +187,7 @@ class LoginView(_SignInBase):
             return result
         django_request = request._request
         django_login(django_request, result.user, backend="django.contrib.auth.backends.ModelBackend")
-        org: Organization = request.organization  # type: ignore[attr-defined]
+        org = request_org(request)
         django_request.session[SESSION_ORG] = str(org.id)
         import time
 
@@ -235,15 +239,15 @@ class LogoutView(TenantAPIView):
         request=None, responses={204: None}, summary="Sign out (ends the session or revokes the token)"
     )
     def post(self, request: Request) -> Response:
-        auth: AuthInfo = request.auth  # type: ignore[assignment]
+        auth = request_auth(request)
         if auth.token is not None:
             services.revoke_token(auth.token)
         services.record_auth_event(
             kind="logout",
             outcome="success",
-            org_id=request.organization.id,  # type: ignore[attr-defined]
+            org_id=request_org(request).id,
             user_id=request.user.pk,
-            request_id=request._request.request_id,
+            request_id=request_id_of(request._request),
             source_ip=source_ip(request._request),
             reason=auth.method,
         )
@@ -252,7 +256,7 @@ class LogoutView(TenantAPIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-def _me(user, membership: Membership, org: Organization, mfa_pending: bool) -> dict:
+def _me(user: User, membership: Membership, org: Organization, mfa_pending: bool) -> dict:
     return {
         "user": {"id": str(user.pk), "email": membership.email, "full_name": membership.display_name},
         "organization": org.slug,
@@ -269,9 +273,9 @@ class MeView(TenantAPIView):
 
     @extend_schema(parameters=[PURPOSE_HEADER], responses=dict, summary="Who is signed in, and as what")
     def get(self, request: Request) -> Response:
-        auth: AuthInfo = request.auth  # type: ignore[assignment]
-        body = _me(request.user, auth.membership, request.organization, auth.mfa_pending)  # type: ignore[attr-defined]
-        body["purpose_of_use"] = request.purpose  # type: ignore[attr-defined]
+        auth = request_auth(request)
+        body = _me(request_user(request), auth.membership, request_org(request), auth.mfa_pending)
+        body["purpose_of_use"] = request.purpose  # type: ignore[attr-defined]  # set by TenantAPIView.initial
         return Response(body)
 
 
@@ -284,16 +288,16 @@ class TotpView(TenantAPIView):
     @extend_schema(request=None, responses=dict, summary="Start TOTP enrollment: a secret and otpauth URI")
     def post(self, request: Request) -> Response:
         body = services.begin_totp_enrollment(
-            user=request.user,
-            org=request.organization,
-            membership=request.auth.membership,  # type: ignore[attr-defined,arg-type,union-attr]
+            user=request_user(request),
+            org=request_org(request),
+            membership=request_auth(request).membership,
         )
         services.record_auth_event(
             kind="mfa",
             outcome="enrollment_started",
-            org_id=request.organization.id,  # type: ignore[attr-defined]
+            org_id=request_org(request).id,
             user_id=request.user.pk,
-            request_id=request._request.request_id,
+            request_id=request_id_of(request._request),
             source_ip=source_ip(request._request),
         )
         return Response(body, status=status.HTTP_201_CREATED)
@@ -303,14 +307,14 @@ class TotpView(TenantAPIView):
         serializer = TotpCodeSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         services.remove_totp(
-            user=request.user, org=request.organization, code=serializer.validated_data["code"]
-        )  # type: ignore[attr-defined,arg-type]
+            user=request_user(request), org=request_org(request), code=serializer.validated_data["code"]
+        )
         services.record_auth_event(
             kind="mfa",
             outcome="removed",
-            org_id=request.organization.id,  # type: ignore[attr-defined]
+            org_id=request_org(request).id,
             user_id=request.user.pk,
-            request_id=request._request.request_id,
+            request_id=request_id_of(request._request),
             source_ip=source_ip(request._request),
         )
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -325,17 +329,16 @@ class TotpConfirmView(TenantAPIView):
     def post(self, request: Request) -> Response:
         serializer = TotpCodeSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        services.confirm_totp_enrollment(user=request.user, code=serializer.validated_data["code"])  # type: ignore[arg-type]
+        services.confirm_totp_enrollment(user=request_user(request), code=serializer.validated_data["code"])
         services.record_auth_event(
             kind="mfa",
             outcome="enrolled",
-            org_id=request.organization.id,  # type: ignore[attr-defined]
+            org_id=request_org(request).id,
             user_id=request.user.pk,
-            request_id=request._request.request_id,
+            request_id=request_id_of(request._request),
             source_ip=source_ip(request._request),
         )
-        auth: AuthInfo = request.auth  # type: ignore[assignment]
-        if auth.method == "session":
+        if request_auth(request).method == "session":
             request._request.session[SESSION_MFA_PENDING] = False
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -350,11 +353,11 @@ class OrganizationSettingsView(TenantAPIView):
         responses=OrganizationSettingsSerializer, summary="This organization's branding and security settings"
     )
     def get(self, request: Request) -> Response:
-        return Response(OrganizationSettingsSerializer(request.organization).data)  # type: ignore[attr-defined]
+        return Response(OrganizationSettingsSerializer(request_org(request)).data)
 
     @extend_schema(request=OrganizationSettingsSerializer, responses=OrganizationSettingsSerializer)
     def patch(self, request: Request) -> Response:
-        serializer = OrganizationSettingsSerializer(request.organization, data=request.data, partial=True)  # type: ignore[attr-defined]
+        serializer = OrganizationSettingsSerializer(request_org(request), data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
         serializer.save()
         from .middleware import host_cache
@@ -389,9 +392,9 @@ class MembershipListView(TenantAPIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         membership = services.add_member(
-            org=request.organization,
+            org=request_org(request),
             email=data["email"],
-            role=data["role"],  # type: ignore[attr-defined]
+            role=data["role"],
             display_name=data.get("display_name", ""),
         )
         return Response(MembershipSerializer(membership).data, status=status.HTTP_201_CREATED)
@@ -410,6 +413,6 @@ class MembershipDetailView(TenantAPIView):
         serializer = MembershipUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         services.change_role(
-            membership=membership, role=serializer.validated_data["role"], actor=request.user
-        )  # type: ignore[arg-type]
+            membership=membership, role=serializer.validated_data["role"], actor=request_user(request)
+        )
         return Response(MembershipSerializer(membership).data)

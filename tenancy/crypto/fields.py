@@ -249,7 +249,11 @@ class BlindIndexExact(Lookup):
         ctx = current()
         if ctx is None or ctx.org_id is None:
             raise NoTenantContext("a blind-index lookup needs the organization's context")
+        if not field.blind_index:
+            raise EncryptedFieldError(f"{field.name} has no blind index to match against")
         index_field = field.model._meta.get_field(field.blind_index)
+        if not isinstance(index_field, models.Field):
+            raise EncryptedFieldError(f"{field.name}'s blind index is not a concrete field")
         lhs_sql, lhs_params = compiler.compile(Col(self.lhs.alias, index_field))
         return f"{lhs_sql} = %s", [*lhs_params, index_token(ctx.org_id, field, self.rhs)]
 
@@ -268,7 +272,7 @@ def prefetch_keys(instances) -> None:
     names = encrypted_field_names(type(first))
     if not names:
         return
-    attnames = [type(first)._meta.get_field(n).attname for n in names]
+    attnames = [f.attname for f in type(first)._meta.concrete_fields if f.name in names]
     wanted: dict = {}
     for obj in instances:
         for attname in attnames:

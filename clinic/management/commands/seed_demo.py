@@ -7,6 +7,7 @@ import datetime
 import hashlib
 import json
 from pathlib import Path
+from typing import TypedDict
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
@@ -18,7 +19,20 @@ from tenancy.services import create_organization, ensure_member
 
 DEMO_PASSWORD = "Demo-Clinic-Pass-2026"
 
-CLINICS = [
+
+class DemoClinic(TypedDict):
+    slug: str
+    name: str
+    host: str
+    primary_color: str
+    accent_color: str
+    support_email: str
+    support_phone: str
+    people: list[tuple[str, Role, str]]  # (email, role, full name)
+    patients: list[str]  # full names
+
+
+CLINICS: list[DemoClinic] = [
     {
         "slug": "northwind",
         "name": "Northwind Family Health",

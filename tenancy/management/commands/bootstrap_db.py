@@ -34,7 +34,7 @@ def _admin_conninfo(admin_url: str, dbname: str | None = None) -> str:
     info = psycopg.conninfo.conninfo_to_dict(admin_url)
     if dbname:
         info["dbname"] = dbname
-    return psycopg.conninfo.make_conninfo(**info)
+    return psycopg.conninfo.make_conninfo("", **info)
 
 
 def grant_sql(owner: str, app: str, dbname: str) -> sql.Composed:
