@@ -13,6 +13,7 @@ urlpatterns = [
     # drf-spectacular's needs an inline script and fonts from Google, which that CSP (rightly) blocks.
     path("api/v1/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="docs"),
     path("api/v1/", include("tenancy.urls")),
+    path("api/v1/", include("clinic.urls")),
 ]
 
 handler400 = "tenancy.errors.bad_request"

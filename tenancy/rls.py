@@ -106,26 +106,42 @@ CREATE POLICY org_delete ON tenancy_organization FOR DELETE
 PLATFORM = "(SELECT public.app_role()) = 'platform'"
 
 
-def tenant_policy_sql(table: str, platform: bool = False) -> str:
+def tenant_policy_sql(
+    table: str,
+    platform: bool = False,
+    rules: dict[str, str] | None = None,
+    restrictive: list[str] | None = None,
+) -> str:
     """ENABLE + FORCE RLS and one policy per command, each with the org check (and WITH CHECK on writes).
 
-    `platform` also admits the operators' platform context (hostname routing data only).
+    `platform` also admits the operators' platform context (hostname routing data only). `rules` narrows a
+    command further: {"select": expr, ...} becomes `org check AND (expr)`. `restrictive` adds RESTRICTIVE
+    SELECT policies, which every row must pass whatever the permissive ones allow (consent, for example).
     """
-    read = write = ORG_MATCH
-    if platform:
-        read = write = f"({ORG_MATCH} OR {PLATFORM})"
-    return f"""
+    rules = rules or {}
+
+    def rule(cmd: str) -> str:
+        base = f"({ORG_MATCH} OR {PLATFORM})" if platform else ORG_MATCH
+        return f"{base} AND ({rules[cmd]})" if cmd in rules else base
+
+    sql = f"""
 ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;
 ALTER TABLE {table} FORCE ROW LEVEL SECURITY;
 DROP POLICY IF EXISTS tenant_select ON {table};
 DROP POLICY IF EXISTS tenant_insert ON {table};
 DROP POLICY IF EXISTS tenant_update ON {table};
 DROP POLICY IF EXISTS tenant_delete ON {table};
-CREATE POLICY tenant_select ON {table} FOR SELECT USING ({read});
-CREATE POLICY tenant_insert ON {table} FOR INSERT WITH CHECK ({write});
-CREATE POLICY tenant_update ON {table} FOR UPDATE USING ({write}) WITH CHECK ({write});
-CREATE POLICY tenant_delete ON {table} FOR DELETE USING ({write});
+CREATE POLICY tenant_select ON {table} FOR SELECT USING ({rule("select")});
+CREATE POLICY tenant_insert ON {table} FOR INSERT WITH CHECK ({rule("insert")});
+CREATE POLICY tenant_update ON {table} FOR UPDATE USING ({rule("update")}) WITH CHECK ({rule("update")});
+CREATE POLICY tenant_delete ON {table} FOR DELETE USING ({rule("delete")});
 """
+    for i, expression in enumerate(restrictive or []):
+        sql += f"""
+DROP POLICY IF EXISTS tenant_restrict_{i} ON {table};
+CREATE POLICY tenant_restrict_{i} ON {table} AS RESTRICTIVE FOR SELECT USING ({expression});
+"""
+    return sql
 
 
 def disable_policy_sql(table: str) -> str:
@@ -156,18 +172,26 @@ class EnableTenantRLS(migrations.operations.base.Operation):
 
     reversible = True
 
-    def __init__(self, model_name: str, platform: bool = False):
+    def __init__(
+        self,
+        model_name: str,
+        platform: bool = False,
+        rules: dict[str, str] | None = None,
+        restrictive: list[str] | None = None,
+    ):
         self.model_name = model_name
         self.platform = platform
+        self.rules = rules or {}
+        self.restrictive = restrictive or []
 
     def state_forwards(self, app_label, state):
         pass
 
     def _sql(self, model) -> list[str]:
         table = model._meta.db_table
-        statements = [tenant_policy_sql(table, self.platform)]
+        statements = [tenant_policy_sql(table, self.platform, self.rules, self.restrictive)]
         for f in model._meta.fields:
-            if not f.is_relation or f.name == "org" or not f.many_to_one:
+            if not f.is_relation or f.name == "org" or not (f.many_to_one or f.one_to_one):
                 continue
             target = f.related_model
             if not _is_tenant_model(target):
@@ -196,4 +220,8 @@ class EnableTenantRLS(migrations.operations.base.Operation):
         kwargs: dict[str, object] = {"model_name": self.model_name}
         if self.platform:
             kwargs["platform"] = True
+        if self.rules:
+            kwargs["rules"] = self.rules
+        if self.restrictive:
+            kwargs["restrictive"] = self.restrictive
         return (self.__class__.__name__, [], kwargs)

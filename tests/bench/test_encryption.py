@@ -84,7 +84,7 @@ def patient_values(i: int, tag: str) -> dict:
 def add_patients(org, tag: str, count: int = PATIENTS, start: int = 0) -> dict[uuid.UUID, dict]:
     """Create patients inside the test's transaction; returns what each row must read back as."""
     expected = {}
-    with in_context(org):
+    with in_context(org, role="platform"):
         for i in range(start, start + count):
             values = patient_values(i, tag)
             expected[Patient.objects.create(org_id=org.id, **values).pk] = values
@@ -102,7 +102,7 @@ def read_all(page: list[Patient]) -> list[list]:
 
 def request(org) -> tuple[list[Patient], list[list]]:
     """One request: a tenant context, list 50 patients, read every encrypted field."""
-    with in_context(org):
+    with in_context(org, role="platform"):
         page = list_page(org)
         return page, read_all(page)
 
@@ -172,7 +172,7 @@ def test_field_decrypts_per_second_warm_cache(alpha):
     # (b) the model path: rows already fetched (keys prefetched), time only the attribute reads.
     expected = add_patients(alpha.org, "alpha")
     keyring.purge()
-    with in_context(alpha.org):
+    with in_context(alpha.org, role="platform"):
         page = list_page(alpha.org)
         assert {p.pk for p in page} <= set(expected)
         sealed_state = [
@@ -272,7 +272,7 @@ def test_vault_calls_per_request_warm_and_cold(alpha, beta):
         if part:
             operations.rotate_org_key(org.id)
         rotated.update(add_patients(org, "rotating", count=count, start=start))
-    with in_context(org):
+    with in_context(org, role="platform"):
         page = list_page(org)
         key_ids = {p.__dict__[Patient._meta.get_field(name).attname].key_id for p in page for name in FIELDS}
         assert len(key_ids) == 3, key_ids
@@ -368,7 +368,7 @@ def test_request_vs_one_transit_call_per_field(alpha):
     expected = add_patients(org, "alpha")
     fields = {name: Patient._meta.get_field(name) for name in FIELDS}
     extra = [fields[name] for name in EXTRA_FIELDS]
-    with in_context(org):
+    with in_context(org, role="platform"):
         page = list_page(org)
         check(page, read_all(page), expected)
         ids = [p.pk for p in page]
@@ -379,7 +379,7 @@ def test_request_vs_one_transit_call_per_field(alpha):
     ten = FIELDS + EXTRA_FIELDS
 
     def ours(n_fields: int):
-        with in_context(org):
+        with in_context(org, role="platform"):
             page = list_page(org)
             out = []
             for p in page:
@@ -392,7 +392,7 @@ def test_request_vs_one_transit_call_per_field(alpha):
 
     def per_field(n_fields: int):
         names = ten if n_fields == 10 else FIELDS
-        with in_context(org):
+        with in_context(org, role="platform"):
             # The same query, encrypted columns deferred: the Transit ciphertexts stand in for them.
             page = list(
                 Patient.objects.only("id", "org", "created_at").order_by("-created_at", "id")[:PATIENTS]

@@ -72,7 +72,7 @@ def new_patient(org, **overrides) -> Patient:
 
 
 def test_fields_round_trip_and_are_stored_as_versioned_ciphertext(alpha):
-    with in_context(alpha.org):
+    with in_context(alpha.org, role="platform"):
         patient = new_patient(alpha.org, given_name="Élodie", address={"line": "1 Rue", "n": [1, 2]})
         raw = stored(patient, "given_name")
         version, key_id, nonce, body = envelope.parse(raw)
@@ -86,7 +86,7 @@ def test_fields_round_trip_and_are_stored_as_versioned_ciphertext(alpha):
 
 
 def test_an_unchanged_value_is_not_resealed_on_save(alpha):
-    with in_context(alpha.org):
+    with in_context(alpha.org, role="platform"):
         patient = reload(alpha.patients[0])
         before = stored(patient, "family_name")
         assert patient.family_name == "Zephyrhollow"
@@ -100,7 +100,7 @@ def test_an_unchanged_value_is_not_resealed_on_save(alpha):
 
 
 def test_ciphertext_copied_to_another_row_fails_to_decrypt(alpha):
-    with in_context(alpha.org):
+    with in_context(alpha.org, role="platform"):
         first, second = alpha.patients[0], alpha.patients[1]
         overwrite(second, "family_name", stored(first, "family_name"))
         with pytest.raises(CiphertextError, match="another row, column or organization"):
@@ -108,7 +108,7 @@ def test_ciphertext_copied_to_another_row_fails_to_decrypt(alpha):
 
 
 def test_ciphertext_copied_to_another_column_fails_to_decrypt(alpha):
-    with in_context(alpha.org):
+    with in_context(alpha.org, role="platform"):
         patient = alpha.patients[0]
         overwrite(patient, "given_name", stored(patient, "family_name"))
         with pytest.raises(CiphertextError):
@@ -116,9 +116,9 @@ def test_ciphertext_copied_to_another_column_fails_to_decrypt(alpha):
 
 
 def test_ciphertext_copied_to_another_organization_fails_to_decrypt(alpha, beta):
-    with in_context(alpha.org):
+    with in_context(alpha.org, role="platform"):
         stolen = stored(alpha.patients[0], "health_card_number")
-    with in_context(beta.org):
+    with in_context(beta.org, role="platform"):
         overwrite(beta.patients[0], "health_card_number", stolen)
         with pytest.raises(CiphertextError, match="does not have"):
             _ = reload(beta.patients[0]).health_card_number
@@ -137,7 +137,7 @@ def test_ciphertext_copied_to_another_organization_fails_to_decrypt(alpha, beta)
     ],
 )
 def test_altered_ciphertext_is_refused_with_a_clear_error(alpha, tamper):
-    with in_context(alpha.org):
+    with in_context(alpha.org, role="platform"):
         patient = alpha.patients[0]
         overwrite(patient, "email", tamper(stored(patient, "email")))
         with pytest.raises(CiphertextError) as excinfo:
@@ -156,7 +156,7 @@ def test_an_api_read_of_a_tampered_value_is_refused_not_returned(alpha):
 
 
 def test_operations_an_encrypted_field_cannot_do_raise_instead_of_returning_nothing(alpha):
-    with in_context(alpha.org):
+    with in_context(alpha.org, role="platform"):
         for attempt in (
             lambda: Patient.objects.filter(family_name__icontains="z").count(),
             lambda: Patient.objects.filter(family_name="Zephyrhollow").count(),  # no blind index on names
@@ -175,19 +175,19 @@ def test_operations_an_encrypted_field_cannot_do_raise_instead_of_returning_noth
 
 
 def test_equality_lookups_go_through_the_blind_index(alpha, beta):
-    with in_context(alpha.org):
+    with in_context(alpha.org, role="platform"):
         found = Patient.objects.filter(email="  QUORVINDA.Z@alpha-patients.test ").get()
         assert found.pk == alpha.patients[0].pk
         assert Patient.objects.filter(health_card_number="7391-846-205 qz").get().pk == alpha.patients[0].pk
         assert not Patient.objects.filter(email="thessaly.o@beta-patients.test").exists()
-    with in_context(beta.org):
+    with in_context(beta.org, role="platform"):
         assert Patient.objects.filter(email="thessaly.o@beta-patients.test").get().pk == beta.patients[0].pk
 
 
 def test_the_same_value_in_two_organizations_gives_different_index_tokens(alpha, beta):
-    with in_context(alpha.org):
+    with in_context(alpha.org, role="platform"):
         a = new_patient(alpha.org, email="shared@example.test", health_card_number="1234567890")
-    with in_context(beta.org):
+    with in_context(beta.org, role="platform"):
         b = new_patient(beta.org, email="shared@example.test", health_card_number="1234567890")
     assert a.email_index.startswith("b1:") and b.email_index.startswith("b1:")
     assert a.email_index != b.email_index
@@ -228,24 +228,24 @@ def test_vault_stopped_mid_run_warm_reads_work_cold_reads_fail_then_it_recovers(
     server, app, _ = own_vault
     warm_org, _ = create_organization(slug="warm-clinic", name="Warm", domains=["warm.localhost"])
     cold_org, _ = create_organization(slug="cold-clinic", name="Cold", domains=["cold.localhost"])
-    with in_context(warm_org):
+    with in_context(warm_org, role="platform"):
         warm = new_patient(warm_org, given_name="Warm")
-    with in_context(cold_org):
+    with in_context(cold_org, role="platform"):
         cold = new_patient(cold_org, given_name="Cold")
     keyring.purge()
-    with in_context(warm_org):
+    with in_context(warm_org, role="platform"):
         assert Patient.objects.get(pk=warm.pk).given_name == "Warm"  # now cached
     calls_before = app.calls
     server.pause()
     try:
-        with in_context(warm_org):
+        with in_context(warm_org, role="platform"):
             assert Patient.objects.get(pk=warm.pk).given_name == "Warm"
         assert app.calls == calls_before, "a warm read called Vault"
-        with in_context(cold_org):
+        with in_context(cold_org, role="platform"):
             with pytest.raises(VaultUnavailable):
                 Patient.objects.get(pk=cold.pk)
         # Writing for an organization whose key is not in memory fails before anything is stored.
-        with in_context(cold_org):
+        with in_context(cold_org, role="platform"):
             with pytest.raises(VaultUnavailable):
                 with transaction.atomic():
                     keyring.purge(cold_org.id)
@@ -253,7 +253,7 @@ def test_vault_stopped_mid_run_warm_reads_work_cold_reads_fail_then_it_recovers(
             assert Patient.objects.count() == 1
     finally:
         server.resume()
-    with in_context(cold_org):
+    with in_context(cold_org, role="platform"):
         assert Patient.objects.get(pk=cold.pk).given_name == "Cold"
 
 
@@ -287,17 +287,17 @@ def test_a_revoked_vault_token_stops_cold_reads(own_vault):
 
     server, _, _ = own_vault
     org, _ = create_organization(slug="revoked-clinic", name="Revoked", domains=["revoked.localhost"])
-    with in_context(org):
+    with in_context(org, role="platform"):
         patient = new_patient(org, given_name="Revoked")
     root = hvac.Client(url=server.addr, token=server.root_token)
     token = root.auth.token.create(policies=["telemed-app"], ttl="1h")["auth"]["client_token"]
     set_clients(VaultClient(server.addr, token=token, timeout=1), None)
     keyring.purge()
-    with in_context(org):
+    with in_context(org, role="platform"):
         assert Patient.objects.get(pk=patient.pk).given_name == "Revoked"
     root.auth.token.revoke(token)
     keyring.purge()
-    with in_context(org):
+    with in_context(org, role="platform"):
         with pytest.raises(VaultUnavailable, match="permission denied"):
             Patient.objects.get(pk=patient.pk)
 
@@ -314,7 +314,7 @@ def test_the_application_cannot_create_or_rotate_keys(own_vault):
 def test_rotation_keeps_every_row_readable_and_refuses_the_old_wrapped_key(own_vault):
     _, app, _ops = own_vault
     org, _ = create_organization(slug="rotating-clinic", name="Rotating", domains=["rotating.localhost"])
-    with in_context(org):
+    with in_context(org, role="platform"):
         patients = [new_patient(org, given_name=f"P{i}") for i in range(5)]
         old_key = DataKey.objects.get(purpose="data")
         old_wrapped = old_key.wrapped
@@ -322,7 +322,7 @@ def test_rotation_keeps_every_row_readable_and_refuses_the_old_wrapped_key(own_v
     messages: list[str] = []
     result = operations.rotate_org_key(org.id, progress=messages.append)
     assert result["version"] == 2 and any("Rewrapped" in m for m in messages)
-    with in_context(org):
+    with in_context(org, role="platform"):
         assert all(k.wrapped.startswith("vault:v2:") for k in DataKey.objects.all())
         assert [Patient.objects.get(pk=p.pk).given_name for p in patients] == [f"P{i}" for i in range(5)]
     with pytest.raises(UnwrapFailed):
@@ -330,7 +330,7 @@ def test_rotation_keeps_every_row_readable_and_refuses_the_old_wrapped_key(own_v
         raise result[0] if isinstance(result[0], Exception) else AssertionError("old wrapped key still opens")
     moved = operations.reencrypt(org.id, progress=messages.append)
     assert moved == 5
-    with in_context(org):
+    with in_context(org, role="platform"):
         current = DataKey.objects.get(purpose="data", retired_at__isnull=True).pk
         assert {Sealed(stored(p, "given_name")).key_id for p in patients} == {current}
         assert operations.reencrypt(org.id) == 0  # re-running finds nothing left to move
@@ -341,19 +341,19 @@ def test_a_shredded_organization_stays_unreadable_and_others_are_unaffected(own_
     _, _app, ops = own_vault
     leaving, _ = create_organization(slug="leaving-clinic", name="Leaving", domains=["leaving.localhost"])
     staying, _ = create_organization(slug="staying-clinic", name="Staying", domains=["staying.localhost"])
-    with in_context(leaving):
+    with in_context(leaving, role="platform"):
         gone = new_patient(leaving, given_name="Gone")
-    with in_context(staying):
+    with in_context(staying, role="platform"):
         kept = new_patient(staying, given_name="Kept")
     operations.shred_org(leaving.id)
-    with in_context(leaving):
+    with in_context(leaving, role="platform"):
         with pytest.raises(CiphertextError):
             _ = Patient.objects.get(pk=gone.pk).given_name
         with pytest.raises(KeyNotFound):
             new_patient(leaving, given_name="Again")
     with pytest.raises(KeyNotFound):
         ops.read_org_key(leaving.id)  # not recreated by the attempt above
-    with in_context(staying):
+    with in_context(staying, role="platform"):
         assert reload(kept).given_name == "Kept"
 
 

@@ -37,8 +37,14 @@ def _admin_conninfo(admin_url: str, dbname: str | None = None) -> str:
     return psycopg.conninfo.make_conninfo("", **info)
 
 
+def policy_role(owner: str) -> str:
+    """The NOLOGIN BYPASSRLS role that owns the row policies' helper functions (clinic/rls.py)."""
+    return f"{owner}_policy"
+
+
 def grant_sql(owner: str, app: str, dbname: str) -> sql.Composed:
     o, a, d = sql.Identifier(owner), sql.Identifier(app), sql.Identifier(dbname)
+    pol = sql.Identifier(policy_role(owner))
     return sql.SQL(";\n").join(
         [
             sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(d),
@@ -58,6 +64,14 @@ def grant_sql(owner: str, app: str, dbname: str) -> sql.Composed:
             sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}").format(a),
             sql.SQL("REVOKE TRUNCATE, REFERENCES, TRIGGER ON ALL TABLES IN SCHEMA public FROM {}").format(a),
             sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(a),
+            # The policy helpers' role (clinic/rls.py) reads, and only reads, what the row policies consult.
+            # USAGE to read; CREATE because PostgreSQL requires it of a function's new owner (NOLOGIN: only the
+            # owner role can act as it).
+            sql.SQL("GRANT USAGE, CREATE ON SCHEMA public TO {}").format(pol),
+            sql.SQL(
+                "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public GRANT SELECT ON TABLES TO {}"
+            ).format(o, pol),
+            sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(pol),
         ]
     )
 
@@ -110,6 +124,18 @@ class Command(BaseCommand):
                 if role["password"]:
                     statement = sql.SQL("{} PASSWORD {}").format(statement, sql.Literal(role["password"]))
                 conn.execute(statement)
+            # Owns the policy helpers; nobody logs in as it. The owner may hand it functions (it could disable
+            # RLS on its own tables anyway); the runtime role is never a member.
+            helper = sql.Identifier(policy_role(owner["user"]))
+            exists = conn.execute(
+                "SELECT 1 FROM pg_roles WHERE rolname = %s", [policy_role(owner["user"])]
+            ).fetchone()
+            conn.execute(
+                sql.SQL("{} ROLE {} WITH NOLOGIN BYPASSRLS NOSUPERUSER NOCREATEROLE NOCREATEDB").format(
+                    sql.SQL("ALTER" if exists else "CREATE"), helper
+                )
+            )
+            conn.execute(sql.SQL("GRANT {} TO {}").format(helper, sql.Identifier(owner["user"])))
             if recreate:
                 conn.execute(
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
