@@ -32,15 +32,17 @@ def analytics_consent(column: str) -> str:
     return f"{P} IS DISTINCT FROM 'analytics' OR {column} = ANY((SELECT public.clinic_consented_patients('analytics'))::uuid[])"
 
 
+# Periods are compared with clock_timestamp(), not now(): now() is the transaction's start, which can be
+# earlier than a period the application just wrote, and the answer must hold at the moment of the statement.
 HELPERS_SQL = r"""
 CREATE OR REPLACE FUNCTION public.clinic_my_membership() RETURNS uuid
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
     SELECT m.id FROM public.tenancy_membership m
     WHERE m.org_id = public.app_org_id() AND m.user_id = public.app_user_id() AND m.is_active
 $fn$;
 
 CREATE OR REPLACE FUNCTION public.clinic_treatable_patients() RETURNS uuid[]
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
     WITH me AS (
         SELECT m.id, m.org_id FROM public.tenancy_membership m
         WHERE m.org_id = public.app_org_id() AND m.user_id = public.app_user_id() AND m.is_active
@@ -49,7 +51,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f
     SELECT coalesce(array_agg(DISTINCT patient_id), '{}') FROM (
         SELECT ct.patient_id FROM public.clinic_careteammember ct JOIN me
             ON ct.org_id = me.org_id AND ct.practitioner_id = me.id
-        WHERE ct.period_start <= now() AND (ct.period_end IS NULL OR ct.period_end > now())
+        WHERE ct.period_start <= clock_timestamp() AND (ct.period_end IS NULL OR ct.period_end > clock_timestamp())
         UNION ALL
         SELECT e.patient_id FROM public.clinic_encounter e JOIN me
             ON e.org_id = me.org_id AND e.practitioner_id = me.id
@@ -57,22 +59,22 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f
         UNION ALL
         SELECT b.patient_id FROM public.clinic_breakglass b JOIN me
             ON b.org_id = me.org_id AND b.practitioner_id = me.id
-        WHERE b.closed_at IS NULL AND b.expires_at > now() AND public.app_purpose() <> 'analytics'
+        WHERE b.closed_at IS NULL AND b.expires_at > clock_timestamp() AND public.app_purpose() <> 'analytics'
     ) reachable
 $fn$;
 
 CREATE OR REPLACE FUNCTION public.clinic_own_patients() RETURNS uuid[]
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
     SELECT coalesce(array_agg(p.id), '{}') FROM public.clinic_patient p
     WHERE p.org_id = public.app_org_id() AND p.user_id = public.app_user_id() AND public.app_role() = 'patient'
 $fn$;
 
 CREATE OR REPLACE FUNCTION public.clinic_consented_patients(purpose text) RETURNS uuid[]
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
     SELECT coalesce(array_agg(c.patient_id), '{}') FROM public.clinic_consent c
     WHERE c.org_id = public.app_org_id() AND c.purpose = clinic_consented_patients.purpose
       AND c.status = 'active'
-      AND (c.period_start IS NULL OR c.period_start <= now()) AND (c.period_end IS NULL OR c.period_end > now())
+      AND (c.period_start IS NULL OR c.period_start <= clock_timestamp()) AND (c.period_end IS NULL OR c.period_end > clock_timestamp())
 $fn$;
 
 DO $do$
@@ -166,6 +168,8 @@ CLINICAL_NOTE = {
     "insert": f"{PLATFORM} OR ({R} = 'practitioner' AND {CLINICAL} AND {treatable('patient_id')}"
     f" AND author_id = {MINE})",
     "update": f"{PLATFORM} OR ({R} = 'practitioner' AND author_id = {MINE} AND status = 'draft')",
+    "update_check": f"{PLATFORM} OR ({R} = 'practitioner' AND author_id = {MINE} AND {CLINICAL}"
+    f" AND {treatable('patient_id')})",
     "delete": PLATFORM,
 }
 

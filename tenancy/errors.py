@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, ValidationError
-from django.db import DataError, IntegrityError
+from django.db import DatabaseError, DataError, IntegrityError
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -97,6 +97,15 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
         return Response(
             error_body("invalid_input", "A value is out of range or not valid for its field."),
             status=status.HTTP_400_BAD_REQUEST,
+        )
+    elif (
+        isinstance(exc, DatabaseError) and getattr(getattr(exc, "__cause__", None), "sqlstate", "") == "42501"
+    ):
+        # A row policy refused a write the caller could attempt (e.g. a note outside their care relationship).
+        logger.info("row policy refused a write: %s", exc)
+        return Response(
+            error_body("not_permitted", "You are not permitted to make this change."),
+            status=status.HTTP_403_FORBIDDEN,
         )
     elif isinstance(exc, IntegrityError):
         # Never echo the constraint: it can name another tenant's value.

@@ -115,7 +115,8 @@ def tenant_policy_sql(
     """ENABLE + FORCE RLS and one policy per command, each with the org check (and WITH CHECK on writes).
 
     `platform` also admits the operators' platform context (hostname routing data only). `rules` narrows a
-    command further: {"select": expr, ...} becomes `org check AND (expr)`. `restrictive` adds RESTRICTIVE
+    command further: {"select": expr, ...} becomes `org check AND (expr)`; "update_check" is the rule for the
+    row an UPDATE leaves behind, when it differs from the rule for the row it may touch. `restrictive` adds RESTRICTIVE
     SELECT policies, which every row must pass whatever the permissive ones allow (consent, for example).
     """
     rules = rules or {}
@@ -124,6 +125,7 @@ def tenant_policy_sql(
         base = f"({ORG_MATCH} OR {PLATFORM})" if platform else ORG_MATCH
         return f"{base} AND ({rules[cmd]})" if cmd in rules else base
 
+    check = "update_check" if "update_check" in rules else "update"  # the new row's rule, if it differs
     sql = f"""
 ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;
 ALTER TABLE {table} FORCE ROW LEVEL SECURITY;
@@ -133,7 +135,7 @@ DROP POLICY IF EXISTS tenant_update ON {table};
 DROP POLICY IF EXISTS tenant_delete ON {table};
 CREATE POLICY tenant_select ON {table} FOR SELECT USING ({rule("select")});
 CREATE POLICY tenant_insert ON {table} FOR INSERT WITH CHECK ({rule("insert")});
-CREATE POLICY tenant_update ON {table} FOR UPDATE USING ({rule("update")}) WITH CHECK ({rule("update")});
+CREATE POLICY tenant_update ON {table} FOR UPDATE USING ({rule("update")}) WITH CHECK ({rule(check)});
 CREATE POLICY tenant_delete ON {table} FOR DELETE USING ({rule("delete")});
 """
     for i, expression in enumerate(restrictive or []):
