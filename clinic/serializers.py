@@ -24,10 +24,13 @@ class PatientSerializer(serializers.Serializer):
     given_name = serializers.CharField(max_length=200)
     family_name = serializers.CharField(max_length=200)
     birth_date = serializers.DateField()
-    email = serializers.EmailField(max_length=254, required=False, allow_blank=True)
-    phone = serializers.CharField(max_length=40, required=False, allow_blank=True)
-    address = AddressField(required=False)
-    health_card_number = serializers.CharField(max_length=40, required=False, allow_blank=True)
+    # Optional details a patient may not have given are null in answers (and null clears them in updates).
+    email = serializers.EmailField(max_length=254, required=False, allow_blank=True, allow_null=True)
+    phone = serializers.CharField(max_length=40, required=False, allow_blank=True, allow_null=True)
+    address = AddressField(required=False, allow_null=True)
+    health_card_number = serializers.CharField(
+        max_length=40, required=False, allow_blank=True, allow_null=True
+    )
     has_portal_account = serializers.SerializerMethodField()
     created_at = serializers.DateTimeField(read_only=True)
 

@@ -21,6 +21,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from tenancy import events
 from tenancy.context import current
 from tenancy.errors import ApiError
 from tenancy.models import Membership, PurposeOfUse, Role
@@ -44,12 +45,10 @@ BREAK_GLASS_MAX_MINUTES = 240
 
 # -- the audit hook -------------------------------------------------------------------------------------
 
-_phi_listeners: list = []
-
 
 def on_phi_access(listener) -> None:
-    """The audit app registers here; clinic never imports audit."""
-    _phi_listeners.append(listener)
+    """Subscribe to health-information access events (the audit app does; clinic never imports audit)."""
+    events.subscribe("phi", listener)
 
 
 def state_hash(obj: Any) -> str:
@@ -98,8 +97,7 @@ def record_phi_access(
         "outcome": outcome,
         "detail": detail or {},
     }
-    for listener in _phi_listeners:
-        listener(event)
+    events.publish("phi", event)
     logger.info(
         "phi_access action=%s resource=%s id=%s patient=%s user=%s role=%s purpose=%s request_id=%s",
         action,

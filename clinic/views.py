@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from tenancy.errors import ApiError
 from tenancy.models import Membership, PurposeOfUse, Role
 from tenancy.permissions import HasRole
-from tenancy.views import PURPOSE_HEADER, TenantAPIView
+from tenancy.views import PURPOSE_HEADER, TenantAPIView, paginated
 
 from . import serializers as s
 from . import services
@@ -101,7 +101,7 @@ class PatientListView(ClinicalView):
             OpenApiParameter("email", str, description="exact match (blind index)"),
             OpenApiParameter("health_card_number", str, description="exact match (blind index)"),
         ],
-        responses=s.PatientSerializer(many=True),
+        responses=paginated(s.PatientSerializer),
         summary="Patients the caller may see; search by exact email or health card number",
     )
     def get(self, request: Request) -> Response:
@@ -159,9 +159,15 @@ class CareTeamView(ClinicalView):
     def get_permissions(self):
         return [CareTeamManagers()] if self.request.method == "POST" else super().get_permissions()
 
-    @extend_schema(parameters=[PURPOSE_HEADER], responses=s.CareTeamMemberSerializer(many=True))
+    @extend_schema(parameters=[PURPOSE_HEADER], responses=paginated(s.CareTeamMemberSerializer))
     def get(self, request: Request, patient_id: uuid.UUID) -> Response:
         members = CareTeamMember.objects.filter(patient_id=patient_id)
+        # A patient outside the caller's scope is 404, not an empty team. The administrator sees care teams
+        # but no patients: for them the patient is in scope when they can see some of its team.
+        if self.actor.role != Role.ORG_ADMIN:
+            services.get_patient_for_user(patient_id)
+        elif not members.exists():
+            raise ApiError("not_found", "Not found.", 404)
         return paginate(self, request, members, "-period_start", s.CareTeamMemberSerializer)
 
     @extend_schema(
@@ -200,7 +206,7 @@ class CareTeamEndView(ClinicalView):
 
 
 class ConsentListView(ClinicalView):
-    @extend_schema(parameters=[PURPOSE_HEADER], responses=s.ConsentSerializer(many=True))
+    @extend_schema(parameters=[PURPOSE_HEADER], responses=paginated(s.ConsentSerializer))
     def get(self, request: Request, patient_id: uuid.UUID) -> Response:
         patient = services.get_patient_for_user(patient_id)
         consents = Consent.objects.filter(patient=patient)
@@ -261,7 +267,7 @@ class EncounterListView(ClinicalView):
             OpenApiParameter("patient", uuid.UUID),
             OpenApiParameter("documentation_required", bool),
         ],
-        responses=s.EncounterSerializer(many=True),
+        responses=paginated(s.EncounterSerializer),
     )
     def get(self, request: Request) -> Response:
         encounters = Encounter.objects.all()
@@ -349,7 +355,7 @@ class EncounterNotesView(ClinicalView):
     def get_permissions(self):
         return [Practitioners()] if self.request.method == "POST" else super().get_permissions()
 
-    @extend_schema(parameters=[PURPOSE_HEADER], responses=s.NoteSerializer(many=True))
+    @extend_schema(parameters=[PURPOSE_HEADER], responses=paginated(s.NoteSerializer))
     def get(self, request: Request, encounter_id: uuid.UUID) -> Response:
         encounter = services.get_encounter_for_user(encounter_id)
         notes = ClinicalNote.objects.filter(encounter=encounter)
@@ -431,7 +437,7 @@ class BreakGlassListView(ClinicalView):
 
     @extend_schema(
         parameters=[PURPOSE_HEADER],
-        responses=s.BreakGlassSerializer(many=True),
+        responses=paginated(s.BreakGlassSerializer),
         summary="Break-glass accesses: the privacy officer's list (a practitioner sees their own)",
     )
     def get(self, request: Request) -> Response:

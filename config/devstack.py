@@ -39,13 +39,19 @@ def dev_secrets() -> dict:
     """Random secrets generated once per checkout and kept under .data/ (never committed)."""
     DATA.mkdir(exist_ok=True)
     path = DATA / "dev-secrets.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    values = {
-        "secret_key": secrets.token_urlsafe(48),
-        "owner_password": secrets.token_urlsafe(24),
-        "app_password": secrets.token_urlsafe(24),
+    values = json.loads(path.read_text()) if path.exists() else {}
+    wanted = {
+        "secret_key": 48,
+        "owner_password": 24,
+        "app_password": 24,
+        "audit_owner_password": 24,
+        "audit_writer_password": 24,
+        "audit_reader_password": 24,
     }
+    if set(wanted) <= set(values):
+        return values
+    for name, size in wanted.items():
+        values.setdefault(name, secrets.token_urlsafe(size))
     path.write_text(json.dumps(values, indent=2))
     path.chmod(0o600)
     return values
@@ -128,6 +134,16 @@ def stack_environment(admin_url: str, dbname: str, debug: bool = False, demo: bo
             "DATABASE_ADMIN_URL": admin_url,
             "DATABASE_URL": role_url(admin_url, f"{prefix}_app", values["app_password"], dbname),
             "DATABASE_OWNER_URL": role_url(admin_url, f"{prefix}_owner", values["owner_password"], dbname),
+            # The audit log's own database in the same cluster, with its own three roles.
+            "AUDIT_OWNER_DATABASE_URL": role_url(
+                admin_url, f"{prefix}_audit_owner", values["audit_owner_password"], f"{dbname}_audit"
+            ),
+            "AUDIT_DATABASE_URL": role_url(
+                admin_url, f"{prefix}_audit_writer", values["audit_writer_password"], f"{dbname}_audit"
+            ),
+            "AUDIT_READER_DATABASE_URL": role_url(
+                admin_url, f"{prefix}_audit_reader", values["audit_reader_password"], f"{dbname}_audit"
+            ),
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -140,6 +156,8 @@ def stack_environment(admin_url: str, dbname: str, debug: bool = False, demo: bo
         env.setdefault("DJANGO_SECURE_COOKIES", "false")
     else:
         env.setdefault("DJANGO_ALLOWED_HOSTS", ".localhost,localhost,testserver,127.0.0.1")
+        # No shipper runs beside the test suite; tests of the lag check set their own limit.
+        env.setdefault("AUDIT_MAX_LAG_SECONDS", "86400")
     return env
 
 
@@ -187,6 +205,7 @@ def cmd_run() -> int:
         env = stack_environment(admin_url, os.environ.get("DATABASE_NAME", "telemed"), demo=True)
         env.update(vault.start())
         manage(env, "bootstrap_db")
+        manage(env, "bootstrap_audit_db")
         manage(env, "seed_demo")
         host = os.environ.get("HOST", "127.0.0.1")
         port = os.environ.get("PORT", "8000")
@@ -262,6 +281,7 @@ def cmd_pytest(args: list[str], dbname: str) -> int:
         env = stack_environment(admin_url, dbname, debug=False)
         env.update(vault.start())
         manage(env, "bootstrap_db", "--recreate")
+        manage(env, "bootstrap_audit_db", "--recreate")
         result = subprocess.run([PYTHON, "-m", "pytest", *args], env=env, cwd=ROOT)
         return result.returncode
     except KeyboardInterrupt:

@@ -147,6 +147,10 @@ class DevVault:
             root.sys.create_or_update_policy(
                 name=f"telemed-{name}", policy=(POLICIES / f"{name}.hcl").read_text()
             )
+        try:  # the audit log's checkpoint signer: Ed25519, private key never leaves Transit
+            root.secrets.transit.read_key("audit-signer")
+        except hvac.exceptions.InvalidPath:
+            root.secrets.transit.create_key("audit-signer", key_type="ed25519", exportable=False)
         if "approle/" not in root.sys.list_auth_methods()["data"]:
             root.sys.enable_auth_method("approle")
         root.auth.approle.create_or_update_approle(

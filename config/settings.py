@@ -278,3 +278,16 @@ VAULT_TRANSIT_MOUNT = os.environ.get("VAULT_TRANSIT_MOUNT", "transit")
 VAULT_TIMEOUT_SECONDS = float(os.environ.get("VAULT_TIMEOUT_SECONDS", "2"))
 VAULT_KEY_ROTATION_PERIOD = os.environ.get("VAULT_KEY_ROTATION_PERIOD", "2160h")
 DATA_KEY_CACHE_TTL_SECONDS = env_int("DATA_KEY_CACHE_TTL_SECONDS", 300)
+
+# The audit database (audit/store.py): the shipper writes as an INSERT-only role, auditors read as a
+# SELECT-only one, schema changes run as its owner. The launcher derives all three for development.
+AUDIT_DATABASE_URL = os.environ.get("AUDIT_DATABASE_URL", "")
+AUDIT_READER_DATABASE_URL = os.environ.get("AUDIT_READER_DATABASE_URL", "")
+AUDIT_OWNER_DATABASE_URL = os.environ.get("AUDIT_OWNER_DATABASE_URL", "")
+AUDIT_CHECKPOINT_INTERVAL_SECONDS = env_int("AUDIT_CHECKPOINT_INTERVAL_SECONDS", 30)
+AUDIT_HEARTBEAT_SECONDS = env_int("AUDIT_HEARTBEAT_SECONDS", 300)
+AUDIT_CHECKPOINT_DIR = os.environ.get("AUDIT_CHECKPOINT_DIR", "")
+AUDIT_LOG_ORIGIN_PREFIX = os.environ.get("AUDIT_LOG_ORIGIN_PREFIX", "telemed.audit")
+AUDIT_SIGNING_KEY = os.environ.get("AUDIT_SIGNING_KEY", "audit-signer")
+AUDIT_KEY_NAME = os.environ.get("AUDIT_KEY_NAME", "telemed-audit")
+AUDIT_MAX_LAG_SECONDS = env_int("AUDIT_MAX_LAG_SECONDS", 120)

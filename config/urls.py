@@ -8,6 +8,7 @@ from tenancy import health
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", health.metrics, name="metrics"),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
     # Swagger UI's split view loads its start-up script from a URL, so the strict CSP holds. No Redoc page:
     # drf-spectacular's needs an inline script and fonts from Google, which that CSP (rightly) blocks.

@@ -44,6 +44,9 @@ class TenantContext:
     user_id: uuid.UUID | None = None
     purpose: str = "operations"
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Carried for the audit log, not signed: the database never decides anything on them.
+    source_ip: str | None = None
+    session: str = ""
 
     def signed(self, now: float | None = None) -> str:
         expires = int((now if now is not None else time.time()) + settings.TENANCY_CONTEXT_TTL_SECONDS)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.db import connections, transaction
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,34 @@ _checks: dict[str, Check] = {}
 
 def register_check(name: str, check: Check) -> None:
     _checks[name] = check
+
+
+# Figures shown by /readyz and exported by /metrics (e.g. the age of the oldest unshipped audit event).
+Gauge = Callable[[], float | None]
+_gauges: dict[str, Gauge] = {}
+
+
+def register_gauge(name: str, gauge: Gauge) -> None:
+    _gauges[name] = gauge
+
+
+def _gauge_values() -> dict[str, float | None]:
+    values: dict[str, float | None] = {}
+    for name, gauge in _gauges.items():
+        try:
+            value = gauge()
+            values[name] = None if value is None else round(float(value), 3)
+        except Exception:  # a gauge that fails reports nothing rather than failing the probe
+            values[name] = None
+    return values
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus text format."""
+    lines = []
+    for name, value in _gauge_values().items():
+        lines += [f"# TYPE telemed_{name} gauge", f"telemed_{name} {0 if value is None else value}"]
+    return HttpResponse("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")
 
 
 def _database() -> str | None:
@@ -98,7 +126,8 @@ def readyz(request: HttpRequest) -> JsonResponse:
                     "fields": {name: [results[name]["error"]] for name in failing},
                 },
                 "checks": results,
+                "gauges": _gauge_values(),
             },
             status=503,
         )
-    return JsonResponse({"status": "ok", "checks": results})
+    return JsonResponse({"status": "ok", "checks": results, "gauges": _gauge_values()})

@@ -22,7 +22,7 @@ from .errors import json_error
 logger = logging.getLogger(__name__)
 
 # Paths that are the same for every organization and answer on any allowed host.
-HOST_AGNOSTIC = re.compile(r"^/(healthz|readyz|static/|api/v1/schema/|api/v1/docs/|favicon\.ico)")
+HOST_AGNOSTIC = re.compile(r"^/(healthz|readyz|metrics|static/|api/v1/schema/|api/v1/docs/|favicon\.ico)")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 

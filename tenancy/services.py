@@ -20,6 +20,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from . import events
 from .context import platform_context, require_context
 from .errors import ApiError
 from .models import ApiToken, Domain, Membership, Organization, PurposeOfUse, Role, User
@@ -119,6 +120,16 @@ def add_member(*, org: Organization, email: str, role: str, display_name: str = 
             {"email": ["Already a member of this organization."]},
         )
     _, membership, _ = ensure_member(org=org, email=email, role=role, password=None, full_name=display_name)
+    events.publish(
+        "admin",
+        {
+            "org_id": org.id,
+            "action": "member_add",
+            "resource_type": "Membership",
+            "resource_id": membership.pk,
+            "detail": {"role": role},
+        },
+    )
     return membership
 
 
@@ -138,10 +149,23 @@ def record_auth_event(
 ) -> None:
     """The one place every sign-in success, failure, lockout, MFA event and sign-out goes through.
 
-    The audit issue sends these to the signed audit log; until then they are structured log lines.
-    The email is hashed: a failure for an unknown address must not put that address in a log.
+    Published to the audit log (tenancy.events "auth") and logged. The email is hashed: a failure for an
+    unknown address must not put that address in a log.
     """
     email_hash = hashlib.sha256(email.encode()).hexdigest()[:16] if email else ""
+    events.publish(
+        "auth",
+        {
+            "kind": kind,
+            "outcome": outcome,
+            "org_id": org_id,
+            "user_id": user_id,
+            "email_hash": email_hash,
+            "reason": reason,
+            "request_id": request_id,
+            "source_ip": source_ip,
+        },
+    )
     auth_events_logger.info(
         "auth_event kind=%s outcome=%s org=%s user=%s email_sha256=%s reason=%s request_id=%s ip=%s",
         kind,
@@ -409,7 +433,18 @@ def change_role(*, membership: Membership, role: str, actor: User) -> Membership
         raise ApiError(
             "cannot_demote_self", "An administrator cannot remove their own administrator role.", 409
         )
+    before = membership.role
     membership.role = role
     membership.save(update_fields=["role"])
+    events.publish(
+        "admin",
+        {
+            "org_id": membership.org_id,
+            "action": "role_change",
+            "resource_type": "Membership",
+            "resource_id": membership.pk,
+            "detail": {"from": before, "to": role},
+        },
+    )
     logger.info("membership role changed membership=%s role=%s by=%s", membership.pk, role, actor.pk)
     return membership

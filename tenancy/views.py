@@ -8,6 +8,7 @@ translate between HTTP and tenancy.services.
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import uuid
 
 from django.contrib.auth import login as django_login
@@ -60,6 +61,28 @@ PURPOSE_HEADER = OpenApiParameter(
 )
 
 
+def session_label(auth: AuthInfo, django_request: HttpRequest) -> str:
+    """Which sign-in this is, for the audit log, without writing a credential there."""
+    if auth.token is not None:
+        return f"token:{auth.token.pk}"
+    key = getattr(getattr(django_request, "session", None), "session_key", None) or ""
+    return "session:" + hashlib.sha256(key.encode()).hexdigest()[:16] if key else "session"
+
+
+def paginated(serializer_class: type[serializers.Serializer]) -> serializers.Serializer:
+    """The schema of one cursor page of `serializer_class`, for APIViews that paginate by hand (drf-spectacular
+    wraps only generic views' lists)."""
+    name = serializer_class.__name__.removesuffix("Serializer")
+    return inline_serializer(
+        f"Paginated{name}List",
+        {
+            "next": serializers.URLField(allow_null=True),
+            "previous": serializers.URLField(allow_null=True),
+            "results": serializer_class(many=True),
+        },
+    )
+
+
 class TenantAPIView(APIView):
     """Base view: the organization comes from the Host, the context from authentication."""
 
@@ -73,7 +96,8 @@ class TenantAPIView(APIView):
         self._context_tokens: list[contextvars.Token] = []
         request_id = getattr(django_request, "request_id", uuid.uuid4().hex)
         # Signed-out context first: enough to read the organization and confine the authentication lookups.
-        self._push(TenantContext(org_id=org_id, role=ANONYMOUS, request_id=request_id))
+        ip = source_ip(django_request)
+        self._push(TenantContext(org_id=org_id, role=ANONYMOUS, request_id=request_id, source_ip=ip))
         # DRF's Request has no such attribute in the stubs; read it back through request_org().
         request.organization = services.get_organization(org_id)  # type: ignore[attr-defined]
         super().initial(request, *args, **kwargs)
@@ -87,6 +111,8 @@ class TenantAPIView(APIView):
                     user_id=request.user.pk,
                     purpose=purpose,
                     request_id=request_id,
+                    source_ip=ip,
+                    session=session_label(auth, django_request),
                 )
             )
             request.purpose = purpose  # type: ignore[attr-defined]  # set here for views to read
@@ -377,7 +403,7 @@ def get_membership_for_user(request: Request, membership_id: uuid.UUID) -> Membe
 class MembershipListView(TenantAPIView):
     permission_classes = [IsOrgAdmin]
 
-    @extend_schema(responses=MembershipSerializer(many=True), summary="Members of this organization")
+    @extend_schema(responses=paginated(MembershipSerializer), summary="Members of this organization")
     def get(self, request: Request) -> Response:
         from rest_framework.pagination import CursorPagination
 

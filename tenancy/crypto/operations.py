@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from .. import events
 from ..context import tenant_context
 from .envelope import parse
 from .fields import _sealed_slot, encrypted_field_names
@@ -79,6 +80,16 @@ def rotate_org_key(org_id: uuid.UUID, progress: Progress = _quiet, batch: int = 
     client.set_min_decryption_version(org_id, latest)
     progress(f"Minimum decryption version raised to {latest}: older wrapped keys are refused.")
     keyring.purge(org_id)
+    with _ctx(org_id):
+        events.publish(
+            "key",
+            {
+                "org_id": org_id,
+                "operation": "key_rotate",
+                "key_ids": [],
+                "detail": {"version": latest, "rewrapped": rewrapped, "retired": retired},
+            },
+        )
     return {"version": latest, "rewrapped": rewrapped, "retired": retired}
 
 
@@ -124,6 +135,11 @@ def reencrypt(org_id: uuid.UUID, progress: Progress = _quiet, batch: int = 500) 
                     done_model += 1
             progress(f"{model._meta.label}: {done_model} row(s) moved to data key {current_id}.")
         total += done_model
+    with _ctx(org_id):
+        events.publish(
+            "key",
+            {"org_id": org_id, "operation": "reencrypt", "key_ids": [current_id], "detail": {"rows": total}},
+        )
     return total
 
 
@@ -132,6 +148,9 @@ def shred_org(org_id: uuid.UUID, progress: Progress = _quiet) -> None:
     from ..models import DataKey
 
     client = ops_client()
+    with _ctx(org_id):
+        # Recorded first: once the key is gone the organization's records stay, its audit log with them.
+        events.publish("key", {"org_id": org_id, "operation": "key_shred", "key_ids": [], "detail": {}})
     try:
         client.delete_org_key(org_id)
         progress("Transit key deleted.")

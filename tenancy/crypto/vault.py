@@ -87,13 +87,20 @@ class VaultClient:
             if self._client.token and now < self._token_expires - self._token_ttl / 3:
                 return
             try:
+                auth = None
                 if self._client.token and now < self._token_expires:
-                    auth = self._client.auth.token.renew_self()["auth"]
-                else:
+                    try:
+                        auth = self._client.auth.token.renew_self()["auth"]
+                        self.calls += 1
+                        if float(auth.get("lease_duration") or 0) < 2:
+                            auth = None  # at its maximum TTL: renewing gains nothing, log in afresh
+                    except hvac.exceptions.VaultError:
+                        auth = None  # expired or revoked meanwhile: log in afresh below
+                if auth is None:
                     auth = self._client.auth.approle.login(role_id=self._role_id, secret_id=self._secret_id)[
                         "auth"
                     ]
-                self.calls += 1
+                    self.calls += 1
             except (requests.RequestException, hvac.exceptions.VaultDown) as exc:
                 raise VaultUnavailable(f"Vault is unreachable at {self.addr}: {type(exc).__name__}") from exc
             except hvac.exceptions.VaultError as exc:
@@ -178,6 +185,17 @@ class VaultClient:
             else:
                 results.append(base64.b64decode(item["plaintext"]))
         return results
+
+    def sign(self, key: str, data: bytes) -> tuple[int, bytes]:
+        """Sign with a Transit asymmetric key (Ed25519 signs the message itself): (key version, signature)."""
+        body = self._call("POST", f"{self.mount}/sign/{key}", {"input": base64.b64encode(data).decode()})
+        _, version, signature = body["data"]["signature"].split(":", 2)
+        return int(version.lstrip("v")), base64.b64decode(signature)
+
+    def public_keys(self, key: str) -> dict[int, bytes]:
+        """Every version's public key of a Transit asymmetric key (old checkpoints stay verifiable)."""
+        keys = self._call("GET", f"{self.mount}/keys/{key}")["data"]["keys"]
+        return {int(version): base64.b64decode(info["public_key"]) for version, info in keys.items()}
 
     # -- what operators may do (ops / offboarding credentials) ---------------------------------------
 

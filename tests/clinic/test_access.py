@@ -499,7 +499,9 @@ def test_every_phi_read_and_write_goes_through_the_audit_hook(api, alpha, world)
         ada.get(f"/api/v1/patients/{world.cared.pk}")
         ada.post(f"/api/v1/encounters/{world.encounter.pk}/notes", {"body": "More."})
     finally:
-        services._phi_listeners.remove(events.append)
+        from tenancy import events as event_bus
+
+        event_bus.unsubscribe("phi", events.append)
     read, write = events[0], events[-1]
     assert (read["action"], read["resource"], read["patient_id"]) == ("read", "Patient", str(world.cared.pk))
     assert read["purpose"] == "treatment" and read["user_id"] == str(world.ada.user_id)

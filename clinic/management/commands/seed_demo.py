@@ -1,10 +1,11 @@
-"""Seed the demo: two clinics, their staff and a dozen synthetic patients each. Safe to run again.
+"""Seed the demo: two clinics, their staff and a dozen synthetic patients each, with a clinical history.
+Safe to run again: a clinic that already has encounters keeps the history it has.
 
-Every name here is synthetic. The sign-ins are written to .data/demo-signins.json for the launcher to print.
+Every name here is synthetic. The history (care teams, consents, encounters in every state, notes) is written
+through clinic.services under the platform's context for treatment, so the domain rules and the audit hook
+apply. The sign-ins are written to .data/demo-signins.json for the launcher to print.
 """
 
-import datetime
-import hashlib
 import json
 from pathlib import Path
 from typing import TypedDict
@@ -12,9 +13,31 @@ from typing import TypedDict
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from clinic.models import Patient
+from clinic import synthetic
+from clinic.models import Encounter, Patient
+from clinic.synthetic import (
+    ACTIVE,
+    AMENDED,
+    ARRIVED,
+    CANCELLED,
+    CONSULTING,
+    DOCUMENTATION_REQUIRED,
+    DRAFT,
+    FINISHED,
+    IN_PROGRESS,
+    NEVER,
+    NO_NOTE,
+    PLANNED,
+    PRIMARY,
+    REGRANTED,
+    SIGNED,
+    WITHDRAWN,
+    EncounterPlan,
+    HistoryPlan,
+    Tally,
+)
 from tenancy.context import tenant_context
-from tenancy.models import Role
+from tenancy.models import Membership, Role
 from tenancy.services import create_organization, ensure_member
 
 DEMO_PASSWORD = "Demo-Clinic-Pass-2026"
@@ -97,23 +120,76 @@ CLINICS: list[DemoClinic] = [
 ]
 
 
-def synthetic_record(name: str, email: str) -> dict:
-    """A made-up but plausible record, derived from the name so re-seeding gives the same values."""
-    digits = int(hashlib.sha256(name.encode()).hexdigest(), 16)
-    given, family = name.split()
-    return {
-        "given_name": given,
-        "family_name": family,
-        "birth_date": datetime.date(1940 + digits % 70, 1 + digits % 12, 1 + digits % 28),
-        "email": email,
-        "phone": f"+1-555-{digits % 10000:04d}",
-        "address": {"line": f"{digits % 900 + 100} Example Street", "city": "Springfield", "country": "CA"},
-        "health_card_number": f"{digits % 10**10:010d}-{'ABCDEFGHJK'[digits % 10]}{'LMNPQRSTVW'[digits // 10 % 10]}",
-    }
+LOCUM = "dr.patel@locum.example"  # works at both clinics
+
+# The history of each clinic's twelve patients, in the order of CLINICS[...]["patients"]. "local" is the
+# clinic's own practitioner, "locum" Dr. Patel. Between them: encounters in every state (one finished but never
+# closed, so still on the documentation-required list), signed, draft and amended notes, analytics consent
+# active for most, withdrawn for some (one re-granted) and never given by two; one patient on no care team,
+# whose record only break-glass opens (their planned visit alone gives no access).
+# (care team, analytics consent, encounters as (practitioner, outcome, days ago, note))
+DEMO_HISTORY: list[tuple[list[tuple[str, str]], str, list[tuple[str, str, float, str]]]] = [
+    ([("local", PRIMARY)], ACTIVE, [("local", FINISHED, 30, AMENDED)]),
+    ([("local", PRIMARY)], ACTIVE, [("local", FINISHED, 60, SIGNED), ("local", IN_PROGRESS, 0, DRAFT)]),
+    ([("local", PRIMARY)], WITHDRAWN, [("local", ARRIVED, 0, NO_NOTE)]),
+    (
+        [("local", PRIMARY), ("locum", CONSULTING)],
+        ACTIVE,
+        [("locum", FINISHED, 14, SIGNED), ("local", PLANNED, -3, NO_NOTE)],
+    ),
+    ([("local", PRIMARY)], NEVER, [("local", CANCELLED, -1, NO_NOTE)]),
+    ([("local", PRIMARY)], ACTIVE, [("local", DOCUMENTATION_REQUIRED, 2, NO_NOTE)]),
+    ([("local", PRIMARY)], REGRANTED, [("local", FINISHED, 90, SIGNED)]),
+    ([("local", PRIMARY)], WITHDRAWN, [("local", FINISHED, 45, SIGNED), ("local", FINISHED, 5, DRAFT)]),
+    ([], ACTIVE, [("local", PLANNED, -7, NO_NOTE)]),
+    ([("locum", PRIMARY)], ACTIVE, [("locum", FINISHED, 20, SIGNED), ("locum", PLANNED, -10, NO_NOTE)]),
+    ([("locum", PRIMARY)], NEVER, [("locum", ARRIVED, 0, NO_NOTE)]),
+    ([("locum", PRIMARY), ("local", CONSULTING)], ACTIVE, [("locum", FINISHED, 10, SIGNED)]),
+]
+
+
+def seed_history(clinic: DemoClinic, members: dict[str, Membership], patients: list[Patient]) -> Tally:
+    """Write the clinic's history (DEMO_HISTORY) for its patients, in order; `members` maps every demo email
+    to its membership. Runs inside the clinic's platform context for treatment."""
+    local = next(email for email, role, _ in clinic["people"] if role == Role.PRACTITIONER and email != LOCUM)
+    desk = next(email for email, role, _ in clinic["people"] if role == Role.STAFF)
+    who = {"local": members[local], "locum": members[LOCUM]}
+    tally = Tally()
+    for name, patient, (team, analytics, encounters) in zip(
+        clinic["patients"], patients, DEMO_HISTORY, strict=True
+    ):
+        plan = HistoryPlan(
+            care_team=[(who[person], role) for person, role in team],
+            analytics=analytics,
+            encounters=[
+                EncounterPlan(who[person], outcome, days, note) for person, outcome, days, note in encounters
+            ],
+        )
+        tally.merge(
+            synthetic.give_history(
+                patient,
+                plan,
+                front_desk=members[desk],
+                patient_member=members[patient_email(clinic, name)],
+            )
+        )
+    return tally
+
+
+def patient_email(clinic: DemoClinic, name: str) -> str:
+    first, last = name.lower().split()
+    return f"{first}.{last}@patients.{clinic['slug']}.example"
 
 
 class Command(BaseCommand):
-    help = "Seed the two demo clinics (idempotent)."
+    help = "Seed the two demo clinics with staff, patients and a clinical history (idempotent)."
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--signins",
+            default=str(Path(settings.BASE_DIR) / ".data" / "demo-signins.json"),
+            help="Where to write the demo sign-ins for the launcher (default: .data/demo-signins.json).",
+        )
 
     def handle(self, *args, **options):
         summary = {}
@@ -134,16 +210,30 @@ class Command(BaseCommand):
             created_any |= created
             people = [(email, role, name) for email, role, name in clinic["people"]]
             for name in clinic["patients"]:
-                first, last = name.lower().split()
-                people.append((f"{first}.{last}@patients.{clinic['slug']}.example", Role.PATIENT, name))
+                people.append((patient_email(clinic, name), Role.PATIENT, name))
+            members: dict[str, Membership] = {}
+            patients: list[Patient] = []
             with tenant_context(org_id=org.id, role="platform"):
                 for email, role, name in people:
-                    user, _, member_created = ensure_member(
+                    user, membership, member_created = ensure_member(
                         org=org, email=email, role=role, password=DEMO_PASSWORD, full_name=name
                     )
+                    members[email] = membership
                     created_any |= member_created
-                    if role == Role.PATIENT and not Patient.objects.filter(user=user).exists():
-                        Patient.objects.create(org_id=org.id, user=user, **synthetic_record(name, email))
+                    if role == Role.PATIENT:
+                        patient = Patient.objects.filter(user=user).first()
+                        if patient is None:
+                            patient = Patient.objects.create(
+                                org_id=org.id, user=user, **synthetic.synthetic_record(name, email)
+                            )
+                        patients.append(patient)
+            # One transaction per clinic: its whole history or none, so "has encounters" means "seeded".
+            with synthetic.operator_context(org.id), synthetic.quiet_phi_log(options["verbosity"] < 2):
+                if not Encounter.objects.exists():
+                    tally = seed_history(clinic, members, patients)
+                    created_any = True
+                    if options["verbosity"] >= 2:
+                        self.stdout.write(f"{clinic['slug']}: {tally.counts}")
             summary[clinic["slug"]] = {
                 "name": clinic["name"],
                 "host": clinic["host"],
@@ -151,7 +241,7 @@ class Command(BaseCommand):
                 "people": [{"email": e, "role": r} for e, r, _ in clinic["people"]]
                 + [{"email": f"{people[len(clinic['people'])][0]}", "role": "patient (1 of 12)"}],
             }
-        out = Path(settings.BASE_DIR) / ".data" / "demo-signins.json"
+        out = Path(options["signins"])
         out.parent.mkdir(exist_ok=True)
         out.write_text(json.dumps(summary, indent=2))
         self.stdout.write("Seeded the demo clinics." if created_any else "Demo clinics already seeded.")

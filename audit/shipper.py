@@ -1,0 +1,257 @@
+"""Moves audit events from the outbox to the signed log in the audit database, off the request path.
+
+For each organization with pending events, under a per-organization advisory lock in the audit database
+(several shippers may run; one sequences an organization at a time):
+
+1. read outbox rows whose writing transaction is below the oldest one still running
+   (`created_xid < pg_snapshot_xmin(pg_current_snapshot())`), so a row that commits late is read late,
+   never skipped;
+2. drop the ones already in the log (event id), number the rest after the log's head, hash them into the
+   Merkle frontier, and insert entries, index and new head in one audit transaction;
+3. only after that commit, delete the shipped rows from the outbox. A crash in between ships nothing twice:
+   the next pass finds their event ids in the log and only deletes them.
+
+Checkpoints (C2SP signed notes over the tree head) are signed at most every AUDIT_CHECKPOINT_INTERVAL_SECONDS
+while events arrive, and re-signed as a heartbeat every AUDIT_HEARTBEAT_SECONDS when idle.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+
+from tenancy.context import tenant_context
+
+from . import store, tlog
+from .signer import CheckpointSigner
+
+logger = logging.getLogger(__name__)
+
+
+def origin(org_id: uuid.UUID | str) -> str:
+    return f"{settings.AUDIT_LOG_ORIGIN_PREFIX}/{org_id}"
+
+
+@dataclass
+class Head:
+    size: int
+    frontier: tlog.Frontier
+
+
+def read_head(reader, org_id) -> Head:
+    row = reader.execute(
+        "SELECT size, frontier FROM audit_log_state WHERE org_id = %s ORDER BY size DESC LIMIT 1", [org_id]
+    ).fetchone()
+    if row is None:
+        return Head(0, tlog.Frontier())
+    return Head(row[0], tlog.Frontier.from_json(row[1]))
+
+
+def pending_orgs() -> list[uuid.UUID]:
+    with tenant_context(org_id=None, role="shipper"), connection.cursor() as cursor:
+        cursor.execute("SELECT public.audit_pending_orgs()")
+        return [row[0] for row in cursor.fetchall()]
+
+
+def oldest_unshipped_age() -> float | None:
+    """Seconds since the oldest event still in the outbox was written (None when it is empty)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT extract(epoch FROM clock_timestamp() - public.audit_outbox_oldest())")
+        value = cursor.fetchone()[0]
+    return None if value is None else float(value)
+
+
+def _take(org_id, batch: int) -> list[tuple]:
+    with tenant_context(org_id=org_id, role="shipper"), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id, payload FROM audit_outboxevent WHERE org_id = %s "
+            "AND created_xid < pg_snapshot_xmin(pg_current_snapshot()) "
+            "ORDER BY created_xid, created_at, id LIMIT %s",
+            [org_id, batch],
+        )
+        return cursor.fetchall()
+
+
+def _forget(org_id, ids: list) -> None:
+    with tenant_context(org_id=org_id, role="shipper"), connection.cursor() as cursor:
+        cursor.execute("DELETE FROM audit_outboxevent WHERE org_id = %s AND id = ANY(%s)", [org_id, ids])
+
+
+def _load(payload) -> dict:
+    import json
+
+    return payload if isinstance(payload, dict) else json.loads(payload)
+
+
+def ship_org(org_id: uuid.UUID, batch: int = 1000, crash_before_forget: bool = False) -> int:
+    """Ship one batch of one organization's events. Returns how many entered the log."""
+    with store.writer() as writer, store.reader() as reader:
+        locked = writer.execute(
+            "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", [f"audit-log:{org_id}"]
+        ).fetchone()[0]
+        if not locked:
+            writer.rollback()
+            return 0  # another shipper is sequencing this organization
+        rows = _take(org_id, batch)
+        if not rows:
+            writer.rollback()
+            return 0
+        ids = [row[0] for row in rows]
+        known = {
+            r[0]
+            for r in reader.execute(
+                "SELECT event_id FROM audit_event_index WHERE event_id = ANY(%s)", [ids]
+            ).fetchall()
+        }
+        head = read_head(reader, org_id)
+        now = datetime.datetime.now(datetime.UTC)
+        index_rows, entry_rows = [], []
+        seq = head.size
+        for event_id, payload in rows:
+            if event_id in known:
+                continue  # already in the log (shipped before a crash): only the outbox row remains to delete
+            event = _load(payload)
+            event.update({"v": 1, "seq": seq, "org": str(org_id), "event_id": str(event_id)})
+            entry = tlog.canonical_entry(event)
+            leaf = tlog.leaf_hash(entry)
+            head.frontier.append(leaf)
+            actor_user = (event.get("actor") or {}).get("user")
+            index_rows.append((event_id, org_id, seq))
+            entry_rows.append(
+                (
+                    org_id,
+                    seq,
+                    now,
+                    event_id,
+                    event.get("patient") or None,
+                    actor_user or None,
+                    str(event.get("action", "")),
+                    entry.decode(),
+                    leaf,
+                )
+            )
+            seq += 1
+        if index_rows:
+            with writer.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO audit_event_index (event_id, org_id, seq) VALUES (%s, %s, %s)", index_rows
+                )
+                cursor.executemany(
+                    "INSERT INTO audit_entry (org_id, seq, recorded_at, event_id, patient_id, actor_user, action, "
+                    "entry, leaf) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    entry_rows,
+                )
+                cursor.execute(
+                    "INSERT INTO audit_log_state (org_id, size, frontier) VALUES (%s, %s, %s)",
+                    [org_id, seq, psycopg_json(head.frontier.to_json())],
+                )
+        writer.commit()
+    if crash_before_forget:
+        raise RuntimeError("simulated crash between the audit commit and the outbox delete")
+    _forget(org_id, ids)
+    return len(index_rows)
+
+
+def psycopg_json(value):
+    from psycopg.types.json import Jsonb
+
+    return Jsonb(value)
+
+
+def ship_once(batch: int = 1000) -> dict[uuid.UUID, int]:
+    shipped: dict[uuid.UUID, int] = {}
+    for org_id in pending_orgs():
+        total = 0
+        while True:
+            n = ship_org(org_id, batch)
+            total += n
+            if n < batch:
+                break
+        shipped[org_id] = total
+    return shipped
+
+
+# -- checkpoints --------------------------------------------------------------------------------------
+
+
+def latest_checkpoint(reader, org_id):
+    return reader.execute(
+        "SELECT size, root, note, signed_at FROM audit_checkpoint WHERE org_id = %s "
+        "ORDER BY size DESC, signed_at DESC LIMIT 1",
+        [org_id],
+    ).fetchone()
+
+
+def checkpoint(org_id: uuid.UUID, signer: CheckpointSigner | None = None, force: bool = False) -> str | None:
+    """Sign a checkpoint of the organization's log if one is due (or `force`). Returns the note if signed."""
+    signer = signer or CheckpointSigner()
+    with store.writer() as writer, store.reader() as reader:
+        writer.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"audit-log:{org_id}"])
+        head = read_head(reader, org_id)
+        last = latest_checkpoint(reader, org_id)
+        now = datetime.datetime.now(datetime.UTC)
+        age = (now - last[3]).total_seconds() if last else None
+        if last is None:
+            kind = "checkpoint"
+        elif head.size > last[0] and (force or age >= settings.AUDIT_CHECKPOINT_INTERVAL_SECONDS):
+            kind = "checkpoint"
+        elif head.size == last[0] and (force or age >= settings.AUDIT_HEARTBEAT_SECONDS):
+            kind = "heartbeat"
+        else:
+            writer.rollback()
+            return None
+        root = head.frontier.root()
+        existing = reader.execute(
+            "SELECT root FROM audit_tree_head WHERE org_id = %s AND size = %s", [org_id, head.size]
+        ).fetchone()
+        if existing is not None and bytes(existing[0]) != root:
+            # Never sign two different trees of one size: stop loudly instead.
+            raise RuntimeError(f"audit log {org_id}: size {head.size} already has a different root")
+        note = signer.sign(tlog.checkpoint_body(origin(org_id), head.size, root))
+        with writer.cursor() as cursor:
+            if existing is None:
+                cursor.execute(
+                    "INSERT INTO audit_tree_head (org_id, size, root) VALUES (%s, %s, %s)",
+                    [org_id, head.size, root],
+                )
+            cursor.execute(
+                "INSERT INTO audit_checkpoint (org_id, size, root, note, kind) VALUES (%s, %s, %s, %s, %s)",
+                [org_id, head.size, root, note, kind],
+            )
+            for vkey in signer.vkeys():
+                name, key_id, _ = tlog.parse_vkey(vkey)
+                cursor.execute(
+                    "INSERT INTO audit_public_key (name, key_id, vkey) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                    [name, key_id.hex(), vkey],
+                )
+        writer.commit()
+    publish_checkpoint(org_id, note)
+    return note
+
+
+def publish_checkpoint(org_id, note: str) -> None:
+    """The file drop: the latest checkpoint of each organization, for auditors and witnesses to collect."""
+    if not settings.AUDIT_CHECKPOINT_DIR:
+        return
+    directory = Path(settings.AUDIT_CHECKPOINT_DIR)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"{org_id}.checkpoint"
+    temporary = target.with_suffix(".tmp")
+    temporary.write_text(note)
+    temporary.replace(target)
+
+
+def logged_orgs() -> list[uuid.UUID]:
+    with store.reader() as reader:
+        return [row[0] for row in reader.execute("SELECT DISTINCT org_id FROM audit_log_state").fetchall()]
+
+
+def checkpoint_all(signer: CheckpointSigner | None = None, force: bool = False) -> int:
+    signer = signer or CheckpointSigner()
+    return sum(1 for org_id in logged_orgs() if checkpoint(org_id, signer, force=force))
