@@ -17,10 +17,9 @@ class AuditConfig(AppConfig):
 def _outbox_lag() -> str | None:
     """Not ready when the oldest unshipped audit event is older than AUDIT_MAX_LAG_SECONDS."""
     from django.conf import settings
+    from django.db import DatabaseError
 
     from .shipper import oldest_unshipped_age
-
-    from django.db import DatabaseError
 
     try:
         age = oldest_unshipped_age()
