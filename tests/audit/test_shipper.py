@@ -1,0 +1,255 @@
+"""The shipper: nothing skipped, nothing duplicated, nothing lost, with real transactions on real databases.
+
+Work that must be committed (the shipper reads below the oldest running transaction) runs in threads with
+connections of their own; each test uses an organization of its own.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg
+import pytest
+from django.db import connection, connections
+
+from audit import events, shipper, store, tlog
+from audit.signer import CheckpointSigner
+from tenancy.context import tenant_context
+from tenancy.services import create_organization
+from tests.conftest import owner_conninfo, runtime_conninfo  # noqa: F401
+
+pytestmark = pytest.mark.django_db
+
+
+def committed(fn, *args, **kwargs):
+    """Run fn in another thread, on its own connection, so what it writes is committed."""
+
+    def run():
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(run).result()
+
+
+def new_org() -> uuid.UUID:
+    slug = f"audit-{uuid.uuid4().hex[:8]}"
+    org, _ = committed(create_organization, slug=slug, name=slug, domains=[f"{slug}.localhost"])
+    return org.id
+
+
+def record(org_id, n: int = 1, action: str = "read") -> list[str]:
+    def write():
+        ids = []
+        with tenant_context(org_id=org_id, role="platform", purpose="treatment"):
+            for i in range(n):
+                event = events.health_information_access(
+                    actor=events.actor_from_context(), org_id=org_id, action=action, resource_type="Patient",
+                    resource_id=uuid.uuid4(), patient_id=uuid.uuid4(), purpose="treatment", request_id=f"r{i}",
+                )
+                events.emit(event)
+                ids.append(event.event_id)
+        return ids
+
+    return committed(write)
+
+
+def outbox_count(org_id) -> int:
+    def count():
+        with tenant_context(org_id=org_id, role="shipper"), connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM audit_outboxevent WHERE org_id = %s", [org_id])
+            return cursor.fetchone()[0]
+
+    return committed(count)
+
+
+def log_entries(org_id) -> list[tuple[int, str, bytes]]:
+    with store.reader() as reader:
+        return [(seq, entry, bytes(leaf)) for seq, entry, leaf in reader.execute(
+            "SELECT seq, entry, leaf FROM audit_entry WHERE org_id = %s ORDER BY seq", [org_id]
+        ).fetchall()]
+
+
+def ship(org_id, **kwargs) -> int:
+    return committed(shipper.ship_org, org_id, **kwargs)
+
+
+def test_events_move_to_the_log_gapless_and_leave_the_outbox(clinics):
+    org_id = new_org()
+    ids = record(org_id, 25)
+    assert outbox_count(org_id) >= 25
+    while ship(org_id, batch=10):
+        pass
+    entries = log_entries(org_id)
+    assert [seq for seq, _, _ in entries] == list(range(len(entries)))
+    shipped_ids = {__import__("json").loads(entry)["event_id"] for _, entry, _ in entries}
+    assert set(ids) <= shipped_ids
+    assert all(tlog.leaf_hash(entry.encode()) == leaf for _, entry, leaf in entries)
+    assert outbox_count(org_id) == 0
+
+
+def test_a_long_transaction_beside_short_ones_loses_nothing(clinics):
+    org_id = new_org()
+    started, release = threading.Event(), threading.Event()
+
+    def long_transaction():
+        with tenant_context(org_id=org_id, role="platform"):
+            events.emit(events.key_operation(actor=events.actor_from_context(), org_id=org_id,
+                                             operation="slow", request_id="long"))
+            started.set()
+            release.wait(20)
+
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(lambda: (long_transaction(), connections.close_all()))
+        assert started.wait(10)
+        record(org_id, 5)  # short ones commit while the long one is still open
+        ship(org_id)
+        # The long transaction's event is not committed: everything after its start waits for it.
+        first_pass = log_entries(org_id)
+        release.set()
+        future.result()
+    while ship(org_id):
+        pass
+    actions = [__import__("json").loads(e)["action"] for _, e, _ in log_entries(org_id)]
+    assert "slow" in actions and actions.count("read") == 5
+    assert len(first_pass) <= len(actions)
+    assert outbox_count(org_id) == 0
+
+
+def test_a_crash_between_the_audit_commit_and_the_outbox_delete_duplicates_nothing(clinics):
+    org_id = new_org()
+    record(org_id, 7)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        ship(org_id, crash_before_forget=True)
+    assert outbox_count(org_id) >= 7  # still queued
+    size_after_crash = len(log_entries(org_id))
+    ship(org_id)
+    assert len(log_entries(org_id)) == size_after_crash
+    assert outbox_count(org_id) == 0
+
+
+def test_a_replayed_outbox_row_is_not_logged_twice(clinics):
+    org_id = new_org()
+    [event_id] = record(org_id, 1)
+    ship(org_id)
+    size = len(log_entries(org_id))
+
+    def replay():
+        with tenant_context(org_id=org_id, role="platform"), connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO audit_outboxevent (id, org_id, payload) VALUES (%s, %s, %s)",
+                [event_id, org_id, '{"action": "read"}'],
+            )
+
+    committed(replay)
+    ship(org_id)
+    assert len(log_entries(org_id)) == size
+    assert outbox_count(org_id) == 0
+
+
+def test_two_shippers_at_once_keep_one_gapless_sequence(clinics):
+    org_id = new_org()
+    record(org_id, 60)
+
+    def drain():
+        try:
+            while shipper.ship_org(org_id, batch=7):
+                pass
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(3) as pool:
+        for future in [pool.submit(drain) for _ in range(3)]:
+            future.result()
+    while ship(org_id):
+        pass
+    seqs = [seq for seq, _, _ in log_entries(org_id)]
+    assert seqs == list(range(len(seqs))) and len(seqs) >= 60
+    assert outbox_count(org_id) == 0
+
+
+def test_checkpoints_are_signed_by_vault_and_verify_offline(clinics):
+    org_id = new_org()
+    record(org_id, 12)
+    ship(org_id)
+    signer = CheckpointSigner()
+    note = committed(shipper.checkpoint, org_id, signer, True)
+    keys = tlog.keys_from_vkeys(signer.vkeys())
+    checkpoint = tlog.verify_checkpoint(note, keys)
+    leaves = [leaf for _, _, leaf in log_entries(org_id)]
+    assert checkpoint.size == len(leaves) and checkpoint.root == tlog.root(leaves)
+    assert checkpoint.origin == shipper.origin(org_id)
+    # Idle: a heartbeat re-signs the same tree; never a different root for the same size.
+    heartbeat = committed(shipper.checkpoint, org_id, signer, True)
+    assert tlog.verify_checkpoint(heartbeat, keys) == checkpoint
+
+
+def test_the_readiness_probe_reports_the_age_of_the_oldest_unshipped_event(clinics, client, settings):
+    org_id = new_org()
+    record(org_id, 1)
+    body = client.get("/readyz").json()
+    assert body["gauges"]["audit_outbox_oldest_age_seconds"] is not None
+    settings.AUDIT_MAX_LAG_SECONDS = 0
+    response = client.get("/readyz")
+    assert response.status_code == 503 and "audit_outbox" in response.json()["error"]["fields"]
+    metrics = client.get("/metrics").content.decode()
+    assert "telemed_audit_outbox_oldest_age_seconds" in metrics
+
+
+# -- the audit database refuses change, for every role -------------------------------------------------
+
+
+def audit_conninfo(url: str) -> str:
+    return psycopg.conninfo.make_conninfo(url)
+
+
+def admin_audit_conninfo() -> str:
+    import os
+
+    from django.conf import settings
+
+    info = psycopg.conninfo.conninfo_to_dict(os.environ["DATABASE_ADMIN_URL"])
+    info["dbname"] = psycopg.conninfo.conninfo_to_dict(settings.AUDIT_OWNER_DATABASE_URL)["dbname"]
+    return psycopg.conninfo.make_conninfo("", **info)
+
+
+@pytest.mark.parametrize("who", ["writer", "reader", "owner", "superuser", "superuser-replica"])
+@pytest.mark.parametrize("statement", [
+    "UPDATE audit_entry SET action = 'edited'",
+    "DELETE FROM audit_entry",
+    "TRUNCATE audit_entry",
+    "DELETE FROM audit_event_index",
+    "UPDATE audit_checkpoint SET note = ''",
+    "TRUNCATE audit_tree_head CASCADE",
+])
+def test_the_audit_log_refuses_update_delete_and_truncate(clinics, settings, who, statement):
+    org_id = new_org()
+    record(org_id, 2)
+    ship(org_id)
+    committed(shipper.checkpoint, org_id, None, True)
+    conninfo = {
+        "writer": audit_conninfo(settings.AUDIT_DATABASE_URL),
+        "reader": audit_conninfo(settings.AUDIT_READER_DATABASE_URL),
+        "owner": audit_conninfo(settings.AUDIT_OWNER_DATABASE_URL),
+    }.get(who) or admin_audit_conninfo()
+    with psycopg.connect(conninfo) as conn:
+        if who == "superuser-replica":
+            conn.execute("SET session_replication_role = replica")  # ordinary triggers would not fire
+        with pytest.raises((psycopg.errors.InsufficientPrivilege, psycopg.errors.RaiseException)):
+            conn.execute(statement)
+    assert len(log_entries(org_id)) >= 2
+
+
+def test_the_writer_cannot_read_and_the_reader_cannot_write(clinics, settings):
+    with psycopg.connect(audit_conninfo(settings.AUDIT_DATABASE_URL)) as writer:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            writer.execute("SELECT count(*) FROM audit_entry")
+    with psycopg.connect(audit_conninfo(settings.AUDIT_READER_DATABASE_URL)) as reader:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            reader.execute(
+                "INSERT INTO audit_public_key (name, key_id, vkey) VALUES ('x', 'y', 'z')"
+            )
