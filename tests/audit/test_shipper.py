@@ -48,8 +48,14 @@ def record(org_id, n: int = 1, action: str = "read") -> list[str]:
         with tenant_context(org_id=org_id, role="platform", purpose="treatment"):
             for i in range(n):
                 event = events.health_information_access(
-                    actor=events.actor_from_context(), org_id=org_id, action=action, resource_type="Patient",
-                    resource_id=uuid.uuid4(), patient_id=uuid.uuid4(), purpose="treatment", request_id=f"r{i}",
+                    actor=events.actor_from_context(),
+                    org_id=org_id,
+                    action=action,
+                    resource_type="Patient",
+                    resource_id=uuid.uuid4(),
+                    patient_id=uuid.uuid4(),
+                    purpose="treatment",
+                    request_id=f"r{i}",
                 )
                 events.emit(event)
                 ids.append(event.event_id)
@@ -69,9 +75,12 @@ def outbox_count(org_id) -> int:
 
 def log_entries(org_id) -> list[tuple[int, str, bytes]]:
     with store.reader() as reader:
-        return [(seq, entry, bytes(leaf)) for seq, entry, leaf in reader.execute(
-            "SELECT seq, entry, leaf FROM audit_entry WHERE org_id = %s ORDER BY seq", [org_id]
-        ).fetchall()]
+        return [
+            (seq, entry, bytes(leaf))
+            for seq, entry, leaf in reader.execute(
+                "SELECT seq, entry, leaf FROM audit_entry WHERE org_id = %s ORDER BY seq", [org_id]
+            ).fetchall()
+        ]
 
 
 def ship(org_id, **kwargs) -> int:
@@ -98,8 +107,11 @@ def test_a_long_transaction_beside_short_ones_loses_nothing(clinics):
 
     def long_transaction():
         with tenant_context(org_id=org_id, role="platform"):
-            events.emit(events.key_operation(actor=events.actor_from_context(), org_id=org_id,
-                                             operation="slow", request_id="long"))
+            events.emit(
+                events.key_operation(
+                    actor=events.actor_from_context(), org_id=org_id, operation="slow", request_id="long"
+                )
+            )
             started.set()
             release.wait(20)
 
@@ -218,14 +230,17 @@ def admin_audit_conninfo() -> str:
 
 
 @pytest.mark.parametrize("who", ["writer", "reader", "owner", "superuser", "superuser-replica"])
-@pytest.mark.parametrize("statement", [
-    "UPDATE audit_entry SET action = 'edited'",
-    "DELETE FROM audit_entry",
-    "TRUNCATE audit_entry",
-    "DELETE FROM audit_event_index",
-    "UPDATE audit_checkpoint SET note = ''",
-    "TRUNCATE audit_tree_head CASCADE",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE audit_entry SET action = 'edited'",
+        "DELETE FROM audit_entry",
+        "TRUNCATE audit_entry",
+        "DELETE FROM audit_event_index",
+        "UPDATE audit_checkpoint SET note = ''",
+        "TRUNCATE audit_tree_head CASCADE",
+    ],
+)
 def test_the_audit_log_refuses_update_delete_and_truncate(clinics, settings, who, statement):
     org_id = new_org()
     record(org_id, 2)
@@ -250,6 +265,4 @@ def test_the_writer_cannot_read_and_the_reader_cannot_write(clinics, settings):
             writer.execute("SELECT count(*) FROM audit_entry")
     with psycopg.connect(audit_conninfo(settings.AUDIT_READER_DATABASE_URL)) as reader:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            reader.execute(
-                "INSERT INTO audit_public_key (name, key_id, vkey) VALUES ('x', 'y', 'z')"
-            )
+            reader.execute("INSERT INTO audit_public_key (name, key_id, vkey) VALUES ('x', 'y', 'z')")
