@@ -5,8 +5,9 @@ auditevents.ndjson and events.csv with them and the offline verifier can recompu
 
 Mapping (the tables below are the single place to extend when new actions appear):
 
-- `action` (C/R/U/D/E) from the entry's action verb, the last dotted segment (`patient.read` -> `read`):
-  read/view/get -> R; create/add -> C; update/amend/edit/patch -> U; delete/remove -> D;
+- `action` (C/R/U/D/E) from the entry's action verb, its last word (`read`, `patient.read` -> read,
+  `member_add` -> add, `role_change` -> change): read/view/get -> R; create/add -> C;
+  update/amend/edit/patch/change -> U; delete/remove -> D;
   search/query/list/report and everything else (login, logout, break-glass, key operations, video,
   export) -> E, as BALP does for queries.
 - `type` / `subtype`: CRUD and search -> `rest` (audit-event-type) with the FHIR restful-interaction
@@ -18,9 +19,10 @@ Mapping (the tables below are the single place to extend when new actions appear
   Configuration (rotate, create, shred); audit log reads and exports -> DICOM 110101 Audit Log Used (an export
   also carries 110106 Export); anything else (video joins, leaves, interruptions) -> DICOM 110100
   Application Activity. Every event also carries the raw action as a subtype in `urn:telemed:audit-action`.
-- `outcome`: success -> "0"; denied, forbidden, not found, invalid (the request was refused) -> "4";
-  error or failure -> "8"; fatal -> "12". `outcomeDesc` is the entry's outcome word plus `detail.reason` or
-  `detail.error` when present.
+- `outcome`: success (and words like challenge, enrollment_started, removed) -> "0"; denied, forbidden,
+  locked, not found, invalid (the request was refused) -> "4"; error or failure -> "8", except a failed
+  sign-in, which is "4" as in DICOM user authentication; fatal -> "12". `outcomeDesc` is the entry's
+  outcome word plus `detail.reason` or `detail.error` when present.
 - `purposeOfEvent` (v3-ActReason): treatment -> TREAT, emergency -> ETREAT, operations -> HOPERAT,
   analytics -> HQUALIMP (health quality improvement: consent-aware analytics and reporting, kept apart
   from operations), research -> HRESCH, audit -> HCOMPL (health compliance); break-glass events add BTG.
@@ -84,6 +86,7 @@ _VERB_ACTION = {
     "edit": "U",
     "patch": "U",
     "delete": "D",
+    "change": "U",
     "remove": "D",
 }
 _SEARCH_VERBS = {"search", "query", "list", "report", "history"}
@@ -104,6 +107,7 @@ OUTCOMES = {
     "ok": "0",
     "allowed": "0",
     "denied": "4",
+    "locked": "4",
     "forbidden": "4",
     "refused": "4",
     "unauthorized": "4",
@@ -137,6 +141,11 @@ RESOURCE_TYPES = {
 WORKFORCE_ROLES = {"practitioner", "staff", "org_admin", "auditor"}
 
 
+def _object(entry: dict, key: str) -> dict:
+    value = entry.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def _coding(system: str, code: str, display: str | None = None) -> dict:
     c = {"system": system, "code": code}
     if display:
@@ -148,8 +157,14 @@ def _norm(text: object) -> str:
     return re.sub(r"[\s\-]+", "_", str(text or "").strip().lower())
 
 
+def _words(action: str) -> list[str]:
+    return [w for w in re.split(r"[._:/]+", action) if w]
+
+
 def _verb(action: str) -> str:
-    return re.split(r"[.:/]", action)[-1]
+    """The last word of a normalised action: `read`, `patient.read` -> read; `data_key_unwrap` -> unwrap."""
+    words = _words(action)
+    return words[-1] if words else ""
 
 
 def _action_code(action: str) -> str:
@@ -162,10 +177,13 @@ def _action_code(action: str) -> str:
 def _classify(action: str) -> tuple[dict, list[dict]]:
     """(type, standard subtypes) for an action, by keyword (see the module docstring)."""
     verb = _verb(action)
-    words = set(re.split(r"[._:/]", action))
+    words = set(_words(action))
     if "logout" in words or "signout" in words or "sign_out" in action or "log_out" in action:
         return _coding(DCM, "110114", "User Authentication"), [_coding(DCM, "110123", "Logout")]
-    if words & {"login", "signin", "authenticate", "authentication", "mfa", "otp"} or "sign_in" in action:
+    if (
+        words & {"login", "signin", "authenticate", "authentication", "mfa", "otp", "lockout"}
+        or "sign_in" in action
+    ):
         return _coding(DCM, "110114", "User Authentication"), [_coding(DCM, "110122", "Login")]
     if "break_glass" in action or "breakglass" in action or "emergency_access" in action:
         stop = verb in {"close", "closed", "end", "ended", "stop", "stopped", "expire", "expired", "revoke"}
@@ -213,13 +231,22 @@ def _balp_profile(type_: dict, subtypes: list[dict], has_patient: bool) -> str |
     return None
 
 
-def _outcome(entry: dict) -> tuple[str, str]:
+def _outcome(entry: dict, authentication: bool) -> tuple[str, str]:
     raw = entry.get("outcome")
     word = _norm(raw)
     code = OUTCOMES.get(word)
     if code is None:
-        code = "0" if word in {"", "0"} else ("8" if "fail" in word or "error" in word else "4")
-    detail = entry.get("detail") if isinstance(entry.get("detail"), dict) else {}
+        if "fail" in word or "error" in word:
+            code = "8"
+        elif any(w in word for w in ("deni", "forbid", "refus", "reject", "lock", "invalid", "unauthori")):
+            code = "4"
+        else:  # challenge, enrollment_started, removed, ...: the operation itself went through
+            code = "0"
+    if authentication and code == "8":
+        code = (
+            "4"  # a failed sign-in is a minor failure (wrong password), as in DICOM/ATNA user authentication
+        )
+    detail = _object(entry, "detail")
     desc = str(raw or "success")
     for key in ("reason", "error"):
         if detail.get(key):
@@ -245,10 +272,10 @@ def to_audit_event(entry: dict, observer: str = "telemed") -> dict:
     type_, subtypes = _classify(action_norm)
     subtypes = [*subtypes, _coding(f"{LOCAL}:audit-action", action)]
     patient = entry.get("patient")
-    actor = entry.get("actor") if isinstance(entry.get("actor"), dict) else {}
-    resource = entry.get("resource") if isinstance(entry.get("resource"), dict) else {}
-    detail = entry.get("detail") if isinstance(entry.get("detail"), dict) else {}
-    outcome, outcome_desc = _outcome(entry)
+    actor = _object(entry, "actor")
+    resource = _object(entry, "resource")
+    detail = _object(entry, "detail")
+    outcome, outcome_desc = _outcome(entry, authentication=type_.get("code") == "110114")
 
     event: dict = {"resourceType": "AuditEvent"}
     if entry.get("event_id"):
@@ -320,7 +347,7 @@ def to_audit_event(entry: dict, observer: str = "telemed") -> dict:
         "type": [_coding(SOURCE_TYPE, "4", "Application Server")],
     }
 
-    entities = []
+    entities: list[dict] = []
     if patient:
         entities.append(
             {
@@ -330,7 +357,7 @@ def to_audit_event(entry: dict, observer: str = "telemed") -> dict:
             }
         )
     res_type, res_id = resource.get("type"), resource.get("id")
-    details = []
+    details: list[dict] = []
     for key in ("before", "after"):
         if entry.get(key):
             details.append({"type": f"{key}-sha256", "valueString": str(entry[key])})
@@ -400,8 +427,8 @@ def _cell(value: object) -> str:
 
 def csv_row(entry: dict) -> list[str]:
     """One events.csv row (columns CSV_HEADER) for a log entry."""
-    actor = entry.get("actor") if isinstance(entry.get("actor"), dict) else {}
-    resource = entry.get("resource") if isinstance(entry.get("resource"), dict) else {}
+    actor = _object(entry, "actor")
+    resource = _object(entry, "resource")
     return [
         _cell(entry.get("seq")),
         _cell(entry.get("time")),

@@ -280,7 +280,7 @@ def _read_key_argument(item: object) -> str:
 
 
 def _load_export_keys(root: Path) -> list[str]:
-    keys = []
+    keys: list[str] = []
     base = root / "keys"
     if not base.is_dir():
         return keys
@@ -409,12 +409,6 @@ def _check_roots(
                 f"(an entry was edited, removed or reordered)"
             )
     return computed
-
-
-def _iter_lines(path: Path) -> Iterable[tuple[int, bytes]]:
-    with path.open("rb") as f:
-        for lineno, line in enumerate(f, 1):
-            yield lineno, line[:-1] if line.endswith(b"\n") else line
 
 
 def _check_entry_slowly(line, lineno, h, prev, filtered, org, patient, tree_size, leaves, lines) -> dict:
@@ -590,69 +584,70 @@ def _verify_contents(
     clock_warnings = 0
     included = 0
     candidate: int | None = m_entries["first_seq"]
-    lines = iter(_iter_lines(root / "entries.ndjson"))
-    for lineno, line in lines:
-        if prev is not None:
-            if filtered:
-                candidate = next(upcoming, None)
-                while candidate is not None and candidate <= prev:
+    with (root / "entries.ndjson").open("rb") as entries_file:
+        lines = enumerate(entries_file, 1)
+        for lineno, raw in lines:
+            line = raw[:-1] if raw[-1:] == b"\n" else raw
+            if prev is not None:
+                if filtered:
                     candidate = next(upcoming, None)
+                    while candidate is not None and candidate <= prev:
+                        candidate = next(upcoming, None)
+                else:
+                    candidate = prev + 1
+            h = leaf_hash(line)
+            entry = None
+            if (
+                candidate is not None
+                and candidate < tree_size
+                and h == leaves[candidate * HASH_SIZE : (candidate + 1) * HASH_SIZE]
+                and (b'"seq":%d,' % candidate in line or b'"seq":%d}' % candidate in line)
+                and org_bytes in line
+                and (not filtered or patient_bytes in line)
+                and (prev is None or candidate > prev)
+            ):
+                seq = candidate
+                if prev is None:
+                    first_seq = seq
             else:
-                candidate = prev + 1
-        h = leaf_hash(line)
-        entry = None
-        if (
-            candidate is not None
-            and candidate < tree_size
-            and h == leaves[candidate * HASH_SIZE : (candidate + 1) * HASH_SIZE]
-            and (b'"seq":%d,' % candidate in line or b'"seq":%d}' % candidate in line)
-            and org_bytes in line
-            and (not filtered or patient_bytes in line)
-            and (prev is None or candidate > prev)
-        ):
-            seq = candidate
-            if prev is None:
-                first_seq = seq
-        else:
-            entry = _check_entry_slowly(
-                line, lineno, h, prev, filtered, org, patient, tree_size, leaves, lines
-            )
-            seq = entry["seq"]
-            if prev is None:
-                first_seq = seq
-        if filtered:
-            item = inclusion.get(seq)
-            if item is None:
-                raise _fail(f"entry seq {seq} has no inclusion proof")
-            proof_size, proof = item
-            if proof_size not in checkpoint_roots:
-                raise _fail(
-                    f"inclusion proof of entry seq {seq} is for tree size {proof_size}, not a checkpoint"
+                entry = _check_entry_slowly(
+                    line, lineno, h, prev, filtered, org, patient, tree_size, leaves, lines
                 )
-            if not verify_inclusion(seq, proof_size, h, proof, checkpoint_roots[proof_size]):
-                raise _fail(
-                    f"inclusion proof of entry seq {seq} does not verify against {labels[proof_size]}"
-                )
-            included += 1
-        at = line.rfind(b'"time":"')
-        if at >= 0:
-            t = line[at + 8 : line.find(b'"', at + 8)]
-            if t < prev_time and clock_warnings < 5:
-                a, b = (
-                    _parse_time(prev_time.decode("utf-8", "replace")),
-                    _parse_time(t.decode("utf-8", "replace")),
-                )
-                if a and b and b < a:
-                    clock_warnings += 1
-                    warnings.append(
-                        f"entry seq {seq}'s time {t.decode()} is {(a - b).total_seconds():.0f} s before the "
-                        f"previous entry's (clock set back? order is by seq, which is intact)"
+                seq = entry["seq"]
+                if prev is None:
+                    first_seq = seq
+            if filtered:
+                item = inclusion.get(seq)
+                if item is None:
+                    raise _fail(f"entry seq {seq} has no inclusion proof")
+                proof_size, proof = item
+                if proof_size not in checkpoint_roots:
+                    raise _fail(
+                        f"inclusion proof of entry seq {seq} is for tree size {proof_size}, not a checkpoint"
                     )
-            prev_time = newest_time = t
-        if derived is not None:
-            derived.check(seq, entry if entry is not None else json.loads(line))
-        prev = seq
-        count += 1
+                if not verify_inclusion(seq, proof_size, h, proof, checkpoint_roots[proof_size]):
+                    raise _fail(
+                        f"inclusion proof of entry seq {seq} does not verify against {labels[proof_size]}"
+                    )
+                included += 1
+            at = line.rfind(b'"time":"')
+            if at >= 0:
+                t = line[at + 8 : line.find(b'"', at + 8)]
+                if t < prev_time and clock_warnings < 5:
+                    before = _parse_time(prev_time.decode("utf-8", "replace"))
+                    after = _parse_time(t.decode("utf-8", "replace"))
+                    if before and after and after < before:
+                        clock_warnings += 1
+                        warnings.append(
+                            f"entry seq {seq}'s time {t.decode()} is {(before - after).total_seconds():.0f} s "
+                            f"before the "
+                            f"previous entry's (clock set back? order is by seq, which is intact)"
+                        )
+                prev_time = newest_time = t
+            if derived is not None:
+                derived.check(seq, entry if entry is not None else json.loads(line))
+            prev = seq
+            count += 1
 
     if count != m_entries["count"]:
         raise _fail(
