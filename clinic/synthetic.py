@@ -341,7 +341,7 @@ def tagged_indexes(org_id: uuid.UUID, seed: int, count: int, chunk: int = 5000) 
     found: set[int] = set()
     for start in range(0, count, chunk):
         tokens = {
-            index_token(org_id, card_field, synthetic_card(seed, i)): i  # type: ignore[arg-type]
+            index_token(org_id, card_field, synthetic_card(seed, i)): i
             for i in range(start, min(count, start + chunk))
         }
         hits = Patient.objects.filter(health_card_index__in=list(tokens)).values_list(
