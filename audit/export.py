@@ -69,13 +69,20 @@ def export(
         if len(leaves) != tree_size:
             raise RuntimeError(f"the log holds {len(leaves)} entries below its checkpoint of {tree_size}")
 
-        conditions, params = ["org_id = %s", "seq < %s"], [org_id, tree_size]
+        # A period is a contiguous range of sequence numbers (order is by seq, never by clock): from the first
+        # entry recorded at or after `since` to the last recorded before `until`.
+        low, high = 0, tree_size
         if since:
-            conditions.append("recorded_at >= %s")
-            params.append(since)
+            row = reader.execute(
+                "SELECT min(seq) FROM audit_entry WHERE org_id = %s AND recorded_at >= %s", [org_id, since]
+            ).fetchone()
+            low = row[0] if row[0] is not None else tree_size
         if until:
-            conditions.append("recorded_at < %s")
-            params.append(until)
+            row = reader.execute(
+                "SELECT max(seq) FROM audit_entry WHERE org_id = %s AND recorded_at < %s", [org_id, until]
+            ).fetchone()
+            high = min(tree_size, row[0] + 1) if row[0] is not None else 0
+        conditions, params = ["org_id = %s", "seq >= %s", "seq < %s"], [org_id, low, high]
         if patient:
             conditions.append("patient_id = %s")
             params.append(patient)

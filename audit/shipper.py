@@ -197,7 +197,9 @@ def checkpoint(org_id: uuid.UUID, signer: CheckpointSigner | None = None, force:
         last = latest_checkpoint(reader, org_id)
         now = datetime.datetime.now(datetime.UTC)
         age = (now - last[3]).total_seconds() if last else None
-        if last is None or (head.size > last[0] and (force or age >= settings.AUDIT_CHECKPOINT_INTERVAL_SECONDS)):
+        if last is None or (
+            head.size > last[0] and (force or age >= settings.AUDIT_CHECKPOINT_INTERVAL_SECONDS)
+        ):
             kind = "checkpoint"
         elif head.size == last[0] and (force or age >= settings.AUDIT_HEARTBEAT_SECONDS):
             kind = "heartbeat"

@@ -129,6 +129,11 @@ def get_patient_for_user(patient_id: uuid.UUID) -> Patient:
     return patient
 
 
+def own_patient_ids() -> list[uuid.UUID]:
+    """The signed-in patient's own records (row policies show a patient nothing else)."""
+    return list(Patient.objects.values_list("id", flat=True))
+
+
 def get_encounter_for_user(encounter_id: uuid.UUID) -> Encounter:
     encounter = Encounter.objects.filter(pk=encounter_id).first()
     if encounter is None:

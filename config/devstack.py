@@ -209,6 +209,8 @@ def cmd_run() -> int:
         manage(env, "seed_demo")
         host = os.environ.get("HOST", "127.0.0.1")
         port = os.environ.get("PORT", "8000")
+        env.setdefault("AUDIT_CHECKPOINT_DIR", str(DATA / "checkpoints"))
+        procs.start([PYTHON, str(ROOT / "manage.py"), "audit_ship"], env)  # the audit shipper, off the request path
         server = procs.start(
             [
                 PYTHON,
@@ -254,6 +256,9 @@ def print_welcome(port: str) -> None:
         f"  API docs:     http://northwind.localhost:{port}/api/v1/docs/",
         f"  Schema:       http://northwind.localhost:{port}/api/v1/schema/",
         f"  Health:       http://127.0.0.1:{port}/healthz   readiness: http://127.0.0.1:{port}/readyz",
+        f"  Audit:        shipper running; checkpoints in {DATA / 'checkpoints'}; export with",
+        "                .venv/bin/python manage.py audit_export --org northwind --out /tmp/northwind-audit",
+        "                (needs the environment make run sets; or call GET /api/v1/audit/events as the auditor)",
     ]
     for _org, info in signins.items():
         lines += ["", f"  {info['name']}: http://{info['host']}:{port}/api/v1/portal/branding"]

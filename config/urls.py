@@ -15,6 +15,7 @@ urlpatterns = [
     path("api/v1/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="docs"),
     path("api/v1/", include("tenancy.urls")),
     path("api/v1/", include("clinic.urls")),
+    path("api/v1/", include("audit.urls")),
 ]
 
 handler400 = "tenancy.errors.bad_request"

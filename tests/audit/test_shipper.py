@@ -38,7 +38,9 @@ def committed(fn, *args, **kwargs):
 
 def new_org() -> uuid.UUID:
     slug = f"audit-{uuid.uuid4().hex[:8]}"
-    org, _ = committed(create_organization, slug=slug, name=slug, domains=[f"{slug}.localhost"])
+    org, _ = committed(
+        create_organization, slug=slug, name=slug, domains=[f"{slug}.localhost"], require_mfa=False
+    )
     return org.id
 
 
