@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import datetime
 import hashlib
+import itertools
 import json
 import uuid
 from collections.abc import Callable
@@ -124,7 +125,7 @@ def export(
         tree = tlog.Tree(leaves)
         consistency = []
         sizes = [size for size, _ in checkpoints]
-        for old, new in zip(sizes, sizes[1:], strict=False):
+        for old, new in itertools.pairwise(sizes):
             proof = tree.consistency_proof(old, new)
             consistency.append({"from": old, "to": new, "proof": [h.hex() for h in proof]})
         (out / "proofs" / "consistency.json").write_text(json.dumps(consistency))

@@ -13,23 +13,31 @@ def _request_id(event: dict) -> str:
     return event.get("request_id") or (ctx.request_id if ctx else "")
 
 
-def on_phi(event: dict) -> None:
-    events.emit(
-        events.health_information_access(
-            actor=events.actor_from_context(),
-            org_id=event["org_id"],
-            action=event["action"],
-            resource_type=event["resource"],
-            resource_id=event["resource_id"],
-            patient_id=event["patient_id"],
-            purpose=event["purpose"],
-            request_id=_request_id(event),
-            before=event["before"],
-            after=event["after"],
-            outcome=event["outcome"],
-            detail=event["detail"],
-        )
+def _phi_event(event: dict, actor: events.Actor) -> events.AuditEvent:
+    return events.health_information_access(
+        actor=actor,
+        org_id=event["org_id"],
+        action=event["action"],
+        resource_type=event["resource"],
+        resource_id=event["resource_id"],
+        patient_id=event["patient_id"],
+        purpose=event["purpose"],
+        request_id=_request_id(event),
+        before=event["before"],
+        after=event["after"],
+        outcome=event["outcome"],
+        detail=event["detail"],
     )
+
+
+def on_phi(event: dict) -> None:
+    events.emit(_phi_event(event, events.actor_from_context()))
+
+
+def on_phi_many(batch: dict) -> None:
+    """A page of reads: one outbox INSERT for all of them."""
+    actor = events.actor_from_context()
+    events.emit_many([_phi_event(event, actor) for event in batch["events"]])
 
 
 def on_auth(event: dict) -> None:
@@ -87,6 +95,7 @@ def on_admin(event: dict) -> None:
 
 def connect() -> None:
     bus.subscribe("phi", on_phi)
+    bus.subscribe("phi_many", on_phi_many)
     bus.subscribe("auth", on_auth)
     bus.subscribe("key", on_key)
     bus.subscribe("admin", on_admin)

@@ -69,7 +69,7 @@ def state_hash(obj: Any) -> str:
     return hashlib.sha256(encoded).hexdigest()
 
 
-def record_phi_access(
+def _phi_event(
     *,
     action: str,
     resource: str,
@@ -79,10 +79,9 @@ def record_phi_access(
     after: str = "",
     outcome: str = "success",
     detail: dict | None = None,
-) -> None:
-    """Every read and write of health information passes here: who (from the context), what, which patient."""
+) -> dict:
     ctx = current()
-    event = {
+    return {
         "action": action,
         "resource": resource,
         "resource_id": str(resource_id) if resource_id else "",
@@ -97,11 +96,17 @@ def record_phi_access(
         "outcome": outcome,
         "detail": detail or {},
     }
+
+
+def record_phi_access(**kwargs) -> None:
+    """Every read and write of health information passes here (or through record_phi_reads for a page):
+    who (from the context), what, which patient, and for writes hashes of the state before and after."""
+    event = _phi_event(**kwargs)
     events.publish("phi", event)
-    logger.info(
+    logger.debug(
         "phi_access action=%s resource=%s id=%s patient=%s user=%s role=%s purpose=%s request_id=%s",
-        action,
-        resource,
+        event["action"],
+        event["resource"],
         event["resource_id"],
         event["patient_id"],
         event["user_id"],
@@ -109,6 +114,16 @@ def record_phi_access(
         event["purpose"],
         event["request_id"],
     )
+
+
+def record_phi_reads(*, resource: str, rows: list[tuple[Any, Any]], via: str = "list") -> None:
+    """A page of reads, recorded as one event per (resource id, patient id) in a single outbox write."""
+    batch = [
+        _phi_event(action="read", resource=resource, resource_id=rid, patient_id=pid, detail={"via": via})
+        for rid, pid in rows
+    ]
+    if batch:
+        events.publish("phi_many", {"events": batch})
 
 
 def _not_found() -> ApiError:

@@ -109,14 +109,9 @@ class PatientListView(ClinicalView):
         card = request.query_params.get("health_card_number", "")[:40]
         queryset = services.search_patients(email=email, health_card_number=card)
         response = paginate(self, request, queryset, "-created_at", s.PatientSerializer)
-        for row in response.data["results"]:
-            services.record_phi_access(
-                action="read",
-                resource="Patient",
-                resource_id=row["id"],
-                patient_id=row["id"],
-                detail={"via": "list"},
-            )
+        services.record_phi_reads(
+            resource="Patient", rows=[(r["id"], r["id"]) for r in response.data["results"]]
+        )
         return response
 
     @extend_schema(
@@ -360,10 +355,9 @@ class EncounterNotesView(ClinicalView):
         encounter = services.get_encounter_for_user(encounter_id)
         notes = ClinicalNote.objects.filter(encounter=encounter)
         response = paginate(self, request, notes, "-created_at", s.NoteSerializer)
-        for row in response.data["results"]:
-            services.record_phi_access(
-                action="read", resource="ClinicalNote", resource_id=row["id"], patient_id=encounter.patient_id
-            )
+        services.record_phi_reads(
+            resource="ClinicalNote", rows=[(r["id"], encounter.patient_id) for r in response.data["results"]]
+        )
         return response
 
     @extend_schema(
