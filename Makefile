@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench install clean
+.PHONY: run test lint bench install clean manage
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -23,6 +23,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m config.devstack bench
+
+# Against the stack `make run` started, e.g. make manage ARGS="audit_export --org northwind --out /tmp/audit"
+manage: $(STAMP)
+	$(BIN)/python -m config.devstack manage $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

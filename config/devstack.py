@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / ".data"
+RUN_ENV = DATA / "run.env.json"
+STACK_VARIABLES = ("DJANGO_", "DATABASE_", "AUDIT_", "VAULT_", "TENANCY_", "USER_LOOKUP_KEY", "REDIS_URL")
 PYTHON = sys.executable
 
 
@@ -210,6 +212,9 @@ def cmd_run() -> int:
         host = os.environ.get("HOST", "127.0.0.1")
         port = os.environ.get("PORT", "8000")
         env.setdefault("AUDIT_CHECKPOINT_DIR", str(DATA / "checkpoints"))
+        # `make manage ARGS="..."` runs commands against this running stack with the same environment.
+        RUN_ENV.write_text(json.dumps({k: v for k, v in env.items() if k.startswith(STACK_VARIABLES)}))
+        RUN_ENV.chmod(0o600)
         procs.start([PYTHON, str(ROOT / "manage.py"), "audit_ship"], env)  # the audit shipper, off the request path
         server = procs.start(
             [
@@ -239,10 +244,20 @@ def cmd_run() -> int:
         print()
         log("Stopping...")
     finally:
+        RUN_ENV.unlink(missing_ok=True)
         procs.stop()
         vault.stop()
         pg.stop()
     return 0
+
+
+def cmd_manage(args: list[str]) -> int:
+    """Run a management command against the stack `make run` started (audit_export, create_org, ...)."""
+    if not RUN_ENV.exists():
+        print("No running stack: start it with `make run` in another terminal first.", file=sys.stderr)
+        return 2
+    env = {**os.environ, **json.loads(RUN_ENV.read_text())}
+    return subprocess.run([PYTHON, str(ROOT / "manage.py"), *args], env=env, cwd=ROOT).returncode
 
 
 def print_welcome(port: str) -> None:
@@ -303,6 +318,8 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     if command == "run":
         return cmd_run()
+    if command == "manage":
+        return cmd_manage(rest)
     if command == "test":
         return cmd_pytest(rest, os.environ.get("TEST_DATABASE_NAME", "telemed_test"))
     if command == "bench":
