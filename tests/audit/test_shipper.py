@@ -268,3 +268,77 @@ def test_the_writer_cannot_read_and_the_reader_cannot_write(clinics, settings):
     with psycopg.connect(audit_conninfo(settings.AUDIT_READER_DATABASE_URL)) as reader:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             reader.execute("INSERT INTO audit_public_key (name, key_id, vkey) VALUES ('x', 'y', 'z')")
+
+
+def test_a_write_that_bypasses_the_orm_is_recorded_by_the_database(clinics, alpha):
+    """The backstop: raw SQL on a health table still leaves an event, with hashes of before and after."""
+    patient = alpha.patients[0]
+
+    def raw_update():
+        with tenant_context(org_id=alpha.org.id, role="platform"), connection.cursor() as cursor:
+            cursor.execute("UPDATE clinic_patient SET created_at = created_at WHERE id = %s", [patient.pk])
+            cursor.execute(
+                "SELECT payload FROM audit_outboxevent WHERE payload->'resource'->>'id' = %s "
+                "AND payload->>'action' = 'db_update'",
+                [str(patient.pk)],
+            )
+            return cursor.fetchall()
+
+    def peek():
+        with tenant_context(org_id=alpha.org.id, role="shipper"), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT payload FROM audit_outboxevent WHERE payload->'resource'->>'id' = %s "
+                "AND payload->>'action' = 'db_update'",
+                [str(patient.pk)],
+            )
+            return [row[0] for row in cursor.fetchall()]
+
+    committed(raw_update)
+    [event] = [e if isinstance(e, dict) else __import__("json").loads(e) for e in committed(peek)][-1:]
+    assert event["patient"] == str(patient.pk) and event["detail"] == {"source": "database"}
+    assert len(event["before"]) == 64 and len(event["after"]) == 64 and event["actor"]["role"] == "platform"
+
+
+def test_the_application_cannot_read_or_erase_the_outbox(clinics, alpha):
+    """Only the shipper's context reads and deletes outbox rows; a clinical context may only add them."""
+    record(alpha.org.id, 1)
+
+    def as_practitioner():
+        with (
+            tenant_context(
+                org_id=alpha.org.id,
+                role="practitioner",
+                user_id=alpha.user("practitioner").pk,
+                purpose="treatment",
+            ),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute("SELECT count(*) FROM audit_outboxevent")
+            seen = cursor.fetchone()[0]
+            cursor.execute("DELETE FROM audit_outboxevent")
+            cursor.execute("UPDATE audit_outboxevent SET payload = '{}'")
+            return seen, cursor.rowcount
+
+    assert committed(as_practitioner) == (0, 0)
+    assert outbox_count(alpha.org.id) >= 1
+
+
+def test_a_rotated_signing_key_keeps_old_checkpoints_verifiable(clinics, tmp_path):
+    from django.conf import settings
+
+    from audit.export import export
+    from audit.verify import verify_export
+    from tenancy.crypto.vault import ops_client
+
+    org_id = new_org()
+    record(org_id, 3)
+    ship(org_id)
+    committed(shipper.checkpoint, org_id, None, True)
+    ops_client()._call("POST", f"transit/keys/{settings.AUDIT_SIGNING_KEY}/rotate", {})
+    record(org_id, 3)
+    ship(org_id)
+    committed(shipper.checkpoint, org_id, CheckpointSigner(), True)
+    out = tmp_path / "rotated"
+    committed(export, org_id, out)
+    report = verify_export(out)
+    assert len(report.keys) >= 2 and report.checkpoints >= 2
