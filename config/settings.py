@@ -291,3 +291,6 @@ AUDIT_LOG_ORIGIN_PREFIX = os.environ.get("AUDIT_LOG_ORIGIN_PREFIX", "telemed.aud
 AUDIT_SIGNING_KEY = os.environ.get("AUDIT_SIGNING_KEY", "audit-signer")
 AUDIT_KEY_NAME = os.environ.get("AUDIT_KEY_NAME", "telemed-audit")
 AUDIT_MAX_LAG_SECONDS = env_int("AUDIT_MAX_LAG_SECONDS", 120)
+
+# Video: how long a dropped participant is held before the visit is flagged for documentation.
+VIDEO_GRACE_SECONDS = float(os.environ.get("VIDEO_GRACE_SECONDS", "120"))

@@ -1,0 +1,372 @@
+"""The signalling WebSocket: /ws/v1/encounters/<id>/signal (protocol in video/PROTOCOL.md).
+
+The consumer translates between the socket and video.services / video.session; it holds no state another
+worker would need: participants, resume tokens and every participant's numbered message stream live in the
+session store, so a client may resume on any worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from . import services
+from .session import Participant, get_store
+
+RELAYED = {"offer", "answer", "candidate", "ice_restart"}
+MAX_MESSAGE_BYTES = 64 * 1024
+
+
+def _group(encounter: str) -> str:
+    return f"video.{encounter}"
+
+
+def _user_group(encounter: str, user: str) -> str:
+    return f"video.{encounter}.{user}"
+
+
+def turn_for(user_id: str) -> dict | None:
+    try:
+        from .turn import turn_credentials
+    except ImportError:
+        return None
+    try:
+        return turn_credentials(user_id)
+    except Exception:  # TURN not configured: signalling still works, the client is told
+        return None
+
+
+class SignalConsumer(AsyncJsonWebsocketConsumer):
+    caller: services.Caller | None = None
+    seat: services.Seat | None = None
+
+    # -- connecting ----------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        self.encounter_id = self.scope["url_route"]["kwargs"]["encounter_id"]
+        self.connection_id = uuid.uuid4().hex
+        self.sent = 0
+        await self.accept()
+        query = {k: v[-1] for k, v in parse_qs(self.scope.get("query_string", b"").decode()).items()}
+        self.caller = await database_sync_to_async(services.authenticate)(self.scope)
+        if self.caller is None:
+            await self.refuse("not_authenticated", "Sign in first.", 4401)
+            return
+        try:
+            self.seat = await database_sync_to_async(services.take_seat)(self.caller, self.encounter_id)
+        except services.NotFound:
+            await database_sync_to_async(services.record)(
+                self.caller, None, "join", self.encounter_id, outcome="denied"
+            )
+            await self.refuse("not_found", "Not found.", 4404)
+            return
+        self.user = str(self.caller.user_id)
+        store = get_store()
+        participants = await store.get_participants(self.encounter_id)
+        mine = participants.get(self.user)
+        resumed = False
+        if "resume" in query:
+            claims = await store.redeem_token(query["resume"])
+            if not claims or claims.get("user") != self.user or claims.get("encounter") != self.encounter_id:
+                await database_sync_to_async(services.record)(
+                    self.caller, self.seat, "resume", self.encounter_id, outcome="denied"
+                )
+                await self.refuse("resume_rejected", "That resume token is not valid for you here.", 4401)
+                return
+            resumed = True
+        if mine is not None and mine.status == "connected" and not resumed:
+            if query.get("takeover") != "1":
+                await self.refuse(
+                    "already_active",
+                    "This visit is open in another window; connect with takeover=1 to move it here.",
+                    4409,
+                )
+                return
+            await store.revoke_tokens(self.encounter_id, self.user)
+            await self.channel_layer.group_send(
+                _user_group(self.encounter_id, self.user), {"type": "video.evict", "keep": self.connection_id}
+            )
+        admitted = self.seat.admitted or self.seat.role == "practitioner" or bool(mine and mine.admitted)
+        await store.put_participant(
+            self.encounter_id,
+            Participant(
+                user_id=self.user,
+                role=self.seat.role,
+                connection=self.connection_id,
+                status="connected",
+                admitted=admitted,
+            ),
+        )
+        await self.channel_layer.group_add(_group(self.encounter_id), self.channel_name)
+        await self.channel_layer.group_add(_user_group(self.encounter_id, self.user), self.channel_name)
+        await database_sync_to_async(services.record)(
+            self.caller, self.seat, "resume" if resumed else "join", self.encounter_id
+        )
+        if resumed:
+            missed = await store.since(self.encounter_id, self.user, int(query.get("last_seq", "0") or 0))
+            if missed is None:
+                await self.refuse("resume_expired", "Too much was missed: join again.", 4410)
+                return
+            self.sent = int(query.get("last_seq", "0") or 0)
+        await self.welcome(resumed)
+        if resumed:
+            await self.flush()
+            await self.broadcast({"type": "restart_ice", "reason": "resumed", "user": self.user})
+        elif self.seat.role == "patient" and not admitted:
+            await database_sync_to_async(services.arrive)(self.caller, self.seat)
+            await self.broadcast({"type": "waiting", "user": self.user}, only_role="practitioner")
+        await self.broadcast(
+            {"type": "presence", "user": self.user, "role": self.seat.role, "status": "connected"},
+            exclude_self=True,
+        )
+
+    async def welcome(self, resumed: bool) -> None:
+        store = get_store()
+        token = await store.issue_token(
+            {"user": self.user, "encounter": self.encounter_id, "connection": self.connection_id},
+            ttl=services.grace_seconds(),
+        )
+        participants = await store.get_participants(self.encounter_id)
+        me = participants[self.user]
+        message = {
+            "type": "welcome",
+            "resumed": resumed,
+            "you": {
+                "user": self.user,
+                "role": self.seat.role,
+                "polite": self.seat.role == "patient",
+                "admitted": me.admitted,
+            },
+            "encounter": {"id": self.encounter_id, "status": self.seat.status},
+            "participants": [
+                {"user": p.user_id, "role": p.role, "status": p.status}
+                for p in participants.values()
+                if p.user_id != self.user
+            ],
+            "resume_token": token,
+            "grace_seconds": services.grace_seconds(),
+        }
+        if me.admitted:
+            message["turn"] = turn_for(self.user)
+        await self.deliver(self.user, message)
+
+    async def refuse(self, code: str, message: str, close_code: int) -> None:
+        await self.send_json({"type": "error", "seq": 0, "code": code, "message": message})
+        await self.close(code=close_code)
+
+    # -- delivery: every server message goes through the participant's numbered stream ------------
+
+    async def deliver(self, user: str, message: dict) -> None:
+        await get_store().append(self.encounter_id, user, message)
+        await self.channel_layer.group_send(_user_group(self.encounter_id, user), {"type": "video.flush"})
+
+    async def broadcast(
+        self, message: dict, only_role: str | None = None, exclude_self: bool = False
+    ) -> None:
+        for p in (await get_store().get_participants(self.encounter_id)).values():
+            if exclude_self and p.user_id == self.user:
+                continue
+            if only_role and p.role != only_role:
+                continue
+            if p.status == "left":
+                continue
+            await self.deliver(p.user_id, message)
+
+    async def flush(self) -> None:
+        messages = await get_store().since(self.encounter_id, self.user, self.sent) or []
+        for message in messages:
+            await self.send_json(message)
+            self.sent = message["seq"]
+
+    async def video_flush(self, event) -> None:
+        if self.seat is not None:
+            await self.flush()
+
+    async def video_evict(self, event) -> None:
+        if event.get("keep") != self.connection_id:
+            await self.send_json(
+                {
+                    "type": "error",
+                    "seq": 0,
+                    "code": "taken_over",
+                    "message": "This visit moved to another window.",
+                }
+            )
+            self.seat = None  # this connection no longer speaks for the user
+            await self.close(code=4409)
+
+    async def video_close(self, event) -> None:
+        await self.close(code=event.get("code", 4000))
+
+    # -- messages from the client --------------------------------------------------------------------
+
+    async def receive_json(self, content, **kwargs) -> None:
+        if self.seat is None or self.caller is None:
+            return
+        if not isinstance(content, dict) or not isinstance(content.get("type"), str):
+            await self.error("invalid_message", "Each message is a JSON object with a type.")
+            return
+        kind = content["type"]
+        if kind == "ping":
+            await self.send_json({"type": "pong", "seq": 0, "at": time.time()})
+            return
+        if kind == "ack":
+            return
+        # Organization and encounter are checked again on every message: a revoked seat stops here.
+        try:
+            self.seat = await database_sync_to_async(services.take_seat)(self.caller, self.encounter_id)
+        except services.NotFound:
+            await self.refuse("not_found", "Not found.", 4404)
+            return
+        store = get_store()
+        participants = await store.get_participants(self.encounter_id)
+        me = participants.get(self.user)
+        if me is None or me.connection != self.connection_id:
+            await self.refuse("taken_over", "This visit moved to another window.", 4409)
+            return
+        if kind in RELAYED:
+            if not me.admitted:
+                await self.error("not_admitted", "Wait to be admitted.")
+                return
+            for p in participants.values():
+                if p.user_id != self.user and p.admitted and p.status != "left":
+                    payload = {k: v for k, v in content.items() if k in ("sdp", "candidate", "description")}
+                    await self.deliver(p.user_id, {"type": kind, "from": self.user, **payload})
+            return
+        if kind in ("admit", "deny"):
+            await self.admit_or_deny(kind, content, participants)
+            return
+        if kind == "end":
+            if self.seat.role != "practitioner":
+                await self.error("not_permitted", "Only the practitioner ends the visit.")
+                return
+            try:
+                status = await database_sync_to_async(services.end)(self.caller, self.seat)
+            except Exception:
+                await self.error("invalid_state", "The visit cannot be ended in its current state.")
+                return
+            await self.broadcast({"type": "ended", "encounter": {"id": self.encounter_id, "status": status}})
+            return
+        if kind == "leave":
+            await store.put_participant(
+                self.encounter_id,
+                Participant(
+                    user_id=self.user, role=me.role, connection="", status="left", admitted=me.admitted
+                ),
+            )
+            await database_sync_to_async(services.record)(self.caller, self.seat, "leave", self.encounter_id)
+            await self.broadcast(
+                {"type": "presence", "user": self.user, "role": me.role, "status": "left"}, exclude_self=True
+            )
+            self.seat = None
+            await self.close(code=1000)
+            return
+        await self.error("unknown_type", f"Unknown message type {kind[:40]!r}.")
+
+    async def admit_or_deny(self, kind: str, content: dict, participants: dict) -> None:
+        assert self.seat is not None and self.caller is not None
+        if self.seat.role != "practitioner":
+            await self.error("not_permitted", "Only the practitioner admits or denies.")
+            return
+        target = participants.get(str(content.get("user", "")))
+        if target is None or target.role != "patient":
+            await self.error("not_found", "No such patient in the waiting room.")
+            return
+        store = get_store()
+        if kind == "deny":
+            await store.put_participant(
+                self.encounter_id,
+                Participant(
+                    user_id=target.user_id, role="patient", connection="", status="left", admitted=False
+                ),
+            )
+            await store.revoke_tokens(self.encounter_id, target.user_id)
+            await self.deliver(target.user_id, {"type": "denied"})
+            await self.channel_layer.group_send(
+                _user_group(self.encounter_id, target.user_id), {"type": "video.close", "code": 4403}
+            )
+            return
+        status = await database_sync_to_async(services.admit)(self.caller, self.seat)
+        target.admitted = True
+        await store.put_participant(self.encounter_id, target)
+        await self.deliver(
+            target.user_id,
+            {
+                "type": "admitted",
+                "turn": turn_for(target.user_id),
+                "encounter": {"id": self.encounter_id, "status": status},
+            },
+        )
+        await self.broadcast({"type": "state", "encounter": {"id": self.encounter_id, "status": status}})
+
+    async def error(self, code: str, message: str) -> None:
+        await self.deliver(self.user, {"type": "error", "code": code, "message": message})
+
+    # -- dropping ------------------------------------------------------------------------------------
+
+    async def disconnect(self, code) -> None:
+        if self.seat is None or self.caller is None:
+            return
+        await self.channel_layer.group_discard(_group(self.encounter_id), self.channel_name)
+        await self.channel_layer.group_discard(_user_group(self.encounter_id, self.user), self.channel_name)
+        store = get_store()
+        me = (await store.get_participants(self.encounter_id)).get(self.user)
+        if me is None or me.connection != self.connection_id or me.status != "connected":
+            return
+        dropped_at = time.time()
+        await store.put_participant(
+            self.encounter_id,
+            Participant(
+                user_id=self.user,
+                role=me.role,
+                connection="",
+                status="dropped",
+                admitted=me.admitted,
+                dropped_at=dropped_at,
+            ),
+        )
+        await database_sync_to_async(services.record)(
+            self.caller, self.seat, "interrupted", self.encounter_id, close_code=code
+        )
+        await self.broadcast(
+            {
+                "type": "presence",
+                "user": self.user,
+                "role": me.role,
+                "status": "dropped",
+                "grace_seconds": services.grace_seconds(),
+            },
+            exclude_self=True,
+        )
+        asyncio.get_running_loop().create_task(
+            watch_grace(
+                self.channel_layer, str(self.caller.org_id), self.encounter_id, self.user, me.role, dropped_at
+            )
+        )
+
+
+async def watch_grace(layer, org_id: str, encounter_id: str, user: str, role: str, dropped_at: float) -> None:
+    """After the grace period, a participant still dropped since `dropped_at` ends the visit as undocumented."""
+    await asyncio.sleep(services.grace_seconds())
+    store = get_store()
+    me = (await store.get_participants(encounter_id)).get(user)
+    if me is None or me.status != "dropped" or me.dropped_at != dropped_at:
+        return  # back in time (or left deliberately)
+    flagged = await database_sync_to_async(services.grace_expired)(org_id, encounter_id, user, role)
+    if flagged:
+        for p in (await store.get_participants(encounter_id)).values():
+            await store.append(
+                encounter_id,
+                p.user_id,
+                {
+                    "type": "state",
+                    "documentation_required": True,
+                    "encounter": {"id": encounter_id, "status": "finished"},
+                },
+            )
+            await layer.group_send(_user_group(encounter_id, p.user_id), {"type": "video.flush"})

@@ -1,0 +1,190 @@
+"""Video's rules, synchronous and database-facing: who may join an encounter's call, and what joining,
+admitting, dropping and ending do to the encounter. Video reaches clinic data only through clinic.services."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from clinic import services as clinic
+from tenancy.authentication import SESSION_LAST_SEEN, SESSION_ORG
+from tenancy.context import ANONYMOUS, tenant_context
+from tenancy.errors import ApiError
+from tenancy.middleware import org_id_for_host
+from tenancy.models import Membership, Organization, PurposeOfUse, Role
+from tenancy.services import find_live_token, get_organization
+
+
+@dataclass(frozen=True)
+class Caller:
+    org_id: uuid.UUID
+    user_id: uuid.UUID
+    membership_id: uuid.UUID
+    role: str  # the membership's role
+
+
+@dataclass(frozen=True)
+class Seat:
+    """The caller's place in an encounter's call."""
+
+    encounter_id: str
+    patient_id: str
+    practitioner_user_id: str
+    role: str  # practitioner | patient
+    admitted: bool
+    status: str
+
+
+class NotFound(Exception):
+    """Not this caller's encounter (or no such encounter): answered `not_found`, never more."""
+
+
+def _host(scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"host":
+            return value.decode("latin-1").rsplit(":", 1)[0].lower().rstrip(".")
+    return ""
+
+
+def _header(scope, wanted: bytes) -> str:
+    for name, value in scope.get("headers", []):
+        if name == wanted:
+            return value.decode("latin-1")
+    return ""
+
+
+def authenticate(scope) -> Caller | None:
+    """The organization from the Host, the user from a bearer token or the portal session cookie."""
+    org_id = org_id_for_host(_host(scope))
+    if org_id is None:
+        return None
+    with tenant_context(org_id=org_id, role=ANONYMOUS):
+        org = get_organization(org_id)
+        scheme, _, raw = _header(scope, b"authorization").partition(" ")
+        if scheme.lower() == "bearer" and raw:
+            token = find_live_token(raw.strip(), org)
+            if token is None or not token.membership.is_active:
+                return None
+            m = token.membership
+            return Caller(org_id, m.user_id, m.pk, m.role)
+        session = scope.get("session")
+        user = scope.get("user")
+        if session is None or user is None or not getattr(user, "is_authenticated", False):
+            return None
+        if session.get(SESSION_ORG) != str(org_id):
+            return None
+        if time.time() - float(session.get(SESSION_LAST_SEEN, 0)) > org.idle_timeout_minutes * 60:
+            return None
+        m = Membership.objects.filter(user_id=user.pk, is_active=True).defer("email", "display_name").first()
+        return None if m is None else Caller(org_id, m.user_id, m.pk, m.role)
+
+
+def _context(caller: Caller, request_id: str = ""):
+    return tenant_context(
+        org_id=caller.org_id,
+        role=caller.role,
+        user_id=caller.user_id,
+        purpose=PurposeOfUse.TREATMENT,
+        request_id=request_id or None,
+    )
+
+
+def take_seat(caller: Caller, encounter_id: str) -> Seat:
+    """The caller's seat in this encounter's call, or NotFound (also for a wrong organization)."""
+    try:
+        encounter_uuid = uuid.UUID(encounter_id)
+    except ValueError:
+        raise NotFound() from None
+    with _context(caller):
+        try:
+            encounter = clinic.get_encounter_for_user(encounter_uuid)
+        except ApiError:
+            raise NotFound() from None
+        if caller.role == Role.PRACTITIONER and encounter.practitioner_id == caller.membership_id:
+            role = "practitioner"
+        elif caller.role == Role.PATIENT and encounter.patient_id in clinic.own_patient_ids():
+            role = "patient"
+        else:
+            raise NotFound()
+        if encounter.status in ("finished", "cancelled"):
+            raise NotFound()
+        practitioner_user = str(
+            Membership.objects.filter(pk=encounter.practitioner_id).values_list("user_id", flat=True).first()
+        )
+        admitted = encounter.admitted_at is not None or encounter.status == "in-progress"
+        return Seat(
+            str(encounter.pk), str(encounter.patient_id), practitioner_user, role, admitted, encounter.status
+        )
+
+
+def record(
+    caller: Caller, seat: Seat | None, kind: str, encounter_id: str, outcome: str = "success", **detail
+):
+    """Joins, leaves, interruptions and refusals go to the audit log (and the encounter's timeline)."""
+    with _context(caller):
+        clinic.record_phi_access(
+            action=f"video_{kind}",
+            resource="Encounter",
+            resource_id=encounter_id,
+            patient_id=seat.patient_id if seat else None,
+            outcome=outcome,
+            detail=detail,
+        )
+        if seat is not None:
+            encounter = clinic.get_encounter_for_user(uuid.UUID(encounter_id))
+            me = Membership.objects.filter(pk=caller.membership_id).defer("email", "display_name").first()
+            clinic.add_timeline_event(encounter, f"video_{kind}", me, role=seat.role, **detail)
+
+
+def arrive(caller: Caller, seat: Seat) -> None:
+    """A patient in the waiting room checks in (planned -> arrived)."""
+    with _context(caller):
+        encounter = clinic.get_encounter_for_user(uuid.UUID(seat.encounter_id))
+        if encounter.status == "planned":
+            member = Membership.objects.filter(pk=caller.membership_id).defer("email", "display_name").first()
+            clinic.transition_encounter(encounter=encounter, action="arrive", actor=member)
+
+
+def admit(caller: Caller, seat: Seat) -> str:
+    """The practitioner admits the patient: admitted, and the visit starts."""
+    with _context(caller):
+        encounter = clinic.get_encounter_for_user(uuid.UUID(seat.encounter_id))
+        member = Membership.objects.filter(pk=caller.membership_id).defer("email", "display_name").first()
+        if encounter.status == "planned":
+            encounter = clinic.transition_encounter(encounter=encounter, action="arrive", actor=member)
+        if encounter.status == "arrived":
+            encounter = clinic.transition_encounter(encounter=encounter, action="admit", actor=member)
+            encounter = clinic.transition_encounter(encounter=encounter, action="start", actor=member)
+        return encounter.status
+
+
+def end(caller: Caller, seat: Seat) -> str:
+    with _context(caller):
+        encounter = clinic.get_encounter_for_user(uuid.UUID(seat.encounter_id))
+        member = Membership.objects.filter(pk=caller.membership_id).defer("email", "display_name").first()
+        encounter = clinic.transition_encounter(encounter=encounter, action="end", actor=member)
+        return encounter.status
+
+
+def grace_expired(org_id: str, encounter_id: str, user_id: str, role: str) -> bool:
+    """The dropped participant did not come back: flag the encounter, never close it silently."""
+    with tenant_context(org_id=uuid.UUID(org_id), role="platform", purpose=PurposeOfUse.TREATMENT):
+        encounter = clinic.Encounter.objects.filter(pk=encounter_id).first()
+        if encounter is None or encounter.status not in ("in-progress", "arrived"):
+            return False
+        clinic.flag_documentation_required(
+            encounter=encounter, reason=f"{role} dropped and did not return within the grace period"
+        )
+        return True
+
+
+def grace_seconds() -> float:
+    return float(getattr(settings, "VIDEO_GRACE_SECONDS", 120))
+
+
+def organization(caller: Caller) -> Organization:
+    with _context(caller):
+        return get_organization(caller.org_id)
