@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -50,9 +51,27 @@ def find_org_id_for_host(hostname: str) -> uuid.UUID | None:
         return Domain.objects.filter(hostname=hostname).values_list("org_id", flat=True).first()
 
 
+_org_cache: dict[uuid.UUID, tuple[Organization, float]] = {}
+ORG_CACHE_SECONDS = 10.0
+
+
 def get_organization(org_id: uuid.UUID) -> Organization:
+    """The request's organization (settings and branding), kept in process for a few seconds: it is read on
+    every request and changes rarely; a settings change reaches other workers within ORG_CACHE_SECONDS."""
     require_context(Organization)
-    return Organization.objects.get(id=org_id)
+    cached = _org_cache.get(org_id)
+    if cached is not None and cached[1] > time.monotonic():
+        return cached[0]
+    org = Organization.objects.get(id=org_id)
+    _org_cache[org_id] = (org, time.monotonic() + ORG_CACHE_SECONDS)
+    return org
+
+
+def forget_organization(org_id: uuid.UUID | None = None) -> None:
+    if org_id is None:
+        _org_cache.clear()
+    else:
+        _org_cache.pop(org_id, None)
 
 
 def create_organization(

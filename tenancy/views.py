@@ -389,6 +389,7 @@ class OrganizationSettingsView(TenantAPIView):
         from .middleware import host_cache
 
         host_cache.clear()
+        services.forget_organization(request_org(request).id)
         return Response(serializer.data)
 
 

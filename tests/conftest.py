@@ -124,9 +124,13 @@ def clinics(django_db_setup, db):
 @pytest.fixture(autouse=True)
 def _fresh_key_cache():
     """Each test starts with no unwrapped key in memory (a key made in a rolled-back test must not linger)."""
+    from tenancy.services import forget_organization
+
     keyring.purge()
+    forget_organization()
     yield
     keyring.purge()
+    forget_organization()
 
 
 @pytest.fixture

@@ -301,8 +301,11 @@ def move_last_seen(client, seconds_ago: float) -> None:
 
 
 def set_idle_timeout(org, minutes: int) -> None:
+    from tenancy.services import forget_organization
+
     with platform_context():
         Organization.objects.filter(pk=org.id).update(idle_timeout_minutes=minutes)
+    forget_organization(org.id)  # a change made behind the API reaches workers within ORG_CACHE_SECONDS
 
 
 def test_an_idle_session_is_signed_out_after_the_orgs_timeout(api, alpha):
