@@ -13,11 +13,16 @@
 --        [-v owner_role=telemed_owner -v app_role=telemed_app -v dbname=telemed] \
 --        -f deploy/postgres/roles.sql
 --
--- Idempotent: running it again creates nothing twice and resets the two roles' attributes and passwords.
--- The two roles:
---   owner  owns the database, the schema objects and the tables; runs migrations. Never used by the server.
---   app    the runtime role the server connects as (DATABASE_URL). Not the owner, not a superuser, no
---          BYPASSRLS, no TRUNCATE: row-level security binds it.
+-- Idempotent: running it again creates nothing twice and resets the roles' attributes and passwords.
+-- The roles:
+--   owner   owns the database, the schema objects and the tables; runs migrations. Never used by the server.
+--   app     the runtime role the server connects as (DATABASE_URL). Not the owner, not a superuser, no
+--           BYPASSRLS, no TRUNCATE: row-level security binds it.
+--   <owner>_policy  NOLOGIN BYPASSRLS: owns the SECURITY DEFINER helpers the clinic's row policies call
+--           (clinic/rls.py; ADR 0009). Granted to the owner, never to the runtime role. Its name is the owner's
+--           name plus `_policy`, because the migration looks for exactly that role.
+--
+-- The separate audit database and its three roles are in audit-roles.sql (they may live on another cluster).
 
 \set ON_ERROR_STOP on
 
@@ -90,6 +95,50 @@ SELECT format('DO $m$ BEGIN RAISE EXCEPTION %L; END $m$',
 WHERE pg_has_role(:'app_role', :'owner_role', 'MEMBER')
 \gexec
 
+-- The policy helpers' role. Creating a BYPASSRLS role (or giving a role BYPASSRLS) takes a superuser, or on
+-- PostgreSQL 16 and later an admin that has BYPASSRLS itself: stop with a clear message otherwise.
+\set policy_role :owner_role '_policy'
+SELECT rolbypassrls AS admin_has_bypassrls FROM pg_roles WHERE rolname = current_user
+\gset
+SELECT format('DO $m$ BEGIN RAISE EXCEPTION %L; END $m$',
+              format('roles.sql: creating %s (NOLOGIN BYPASSRLS) takes a superuser, or on PostgreSQL 16+ an '
+                     'admin with BYPASSRLS; have one run: CREATE ROLE %I WITH NOLOGIN BYPASSRLS; GRANT %I TO %I',
+                     :'policy_role', :'policy_role', :'policy_role', :'owner_role'))
+WHERE NOT :'admin_is_superuser'::boolean AND NOT :'admin_has_bypassrls'::boolean
+  AND NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'policy_role' AND rolbypassrls)
+\gexec
+SELECT format('CREATE ROLE %I WITH NOLOGIN BYPASSRLS NOSUPERUSER NOCREATEROLE NOCREATEDB NOREPLICATION',
+              :'policy_role')
+WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'policy_role')
+\gexec
+\if :admin_is_superuser
+ALTER ROLE :"policy_role" WITH NOLOGIN BYPASSRLS NOSUPERUSER NOCREATEROLE NOCREATEDB NOREPLICATION;
+\else
+-- Not a superuser: change only what differs (PostgreSQL 16+ lets a CREATEROLE admin alter a role only with
+-- ADMIN OPTION on it, and set BYPASSRLS only if it has BYPASSRLS); the check below covers the rest.
+SELECT format('ALTER ROLE %I WITH NOLOGIN NOCREATEROLE NOCREATEDB%s', rolname,
+              CASE WHEN rolbypassrls THEN '' ELSE ' BYPASSRLS' END)
+FROM pg_roles
+WHERE rolname = :'policy_role' AND (rolcanlogin OR rolcreaterole OR rolcreatedb OR NOT rolbypassrls)
+\gexec
+\endif
+-- The owner hands the helpers to it (ALTER FUNCTION ... OWNER TO needs membership). The owner could disable
+-- row-level security on its own tables anyway, so this gives it nothing new.
+SELECT format('GRANT %I TO %I', :'policy_role', :'owner_role')
+WHERE NOT pg_has_role(:'owner_role', :'policy_role', 'MEMBER')
+\gexec
+SELECT format('DO $m$ BEGIN RAISE EXCEPTION %L; END $m$',
+              format('roles.sql: role %s must be NOLOGIN BYPASSRLS and neither SUPERUSER nor REPLICATION',
+                     rolname))
+FROM pg_roles
+WHERE rolname = :'policy_role' AND (rolcanlogin OR NOT rolbypassrls OR rolsuper OR rolreplication)
+\gexec
+-- The runtime role must never act as the policy role: BYPASSRLS would skip every policy.
+SELECT format('DO $m$ BEGIN RAISE EXCEPTION %L; END $m$',
+              'roles.sql: ' || :'app_role' || ' is a member of ' || :'policy_role' || '; revoke that first')
+WHERE pg_has_role(:'app_role', :'policy_role', 'MEMBER')
+\gexec
+
 -- Passwords. A password in a statement can reach the server log when log_statement is 'ddl' or 'all';
 -- to avoid that, pass SCRAM verifiers (what pg_authid stores) instead of plain passwords, or leave these
 -- two lines out and set the passwords with psql's \password.
@@ -136,7 +185,13 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO :"app_rol
 REVOKE TRUNCATE, REFERENCES, TRIGGER ON ALL TABLES IN SCHEMA public FROM :"app_role";
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO :"app_role";
 
+-- The policy helpers' role reads, and only reads, what the row policies consult. USAGE to read; CREATE
+-- because PostgreSQL requires it of a function's new owner (the migrations run ALTER FUNCTION ... OWNER TO it).
+GRANT USAGE, CREATE ON SCHEMA public TO :"policy_role";
+ALTER DEFAULT PRIVILEGES FOR ROLE :"owner_role" IN SCHEMA public GRANT SELECT ON TABLES TO :"policy_role";
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO :"policy_role";
+
 -- 4. What was set up, for the record of whoever ran this.
 SELECT rolname, rolsuper, rolbypassrls, rolcreaterole, rolcreatedb, rolreplication, rolcanlogin
-FROM pg_roles WHERE rolname IN (:'owner_role', :'app_role') ORDER BY rolname;
+FROM pg_roles WHERE rolname IN (:'owner_role', :'app_role', :'policy_role') ORDER BY rolname;
 \echo 'Next: DATABASE_URL=<runtime role URL> DATABASE_OWNER_URL=<owner URL> python manage.py bootstrap_db'
