@@ -163,7 +163,11 @@ class CareTeamView(ClinicalView):
             services.get_patient_for_user(patient_id)
         elif not members.exists():
             raise ApiError("not_found", "Not found.", 404)
-        return paginate(self, request, members, "-period_start", s.CareTeamMemberSerializer)
+        response = paginate(self, request, members, "-period_start", s.CareTeamMemberSerializer)
+        services.record_phi_reads(
+            resource="CareTeamMember", rows=[(r["id"], r["patient"]) for r in response.data["results"]]
+        )
+        return response
 
     @extend_schema(
         parameters=[PURPOSE_HEADER],
@@ -245,6 +249,9 @@ class ConsentHistoryView(ClinicalView):
     def get(self, request: Request, patient_id: uuid.UUID, consent_id: uuid.UUID) -> Response:
         patient = services.get_patient_for_user(patient_id)
         consent = services.get_consent_for_user(patient, consent_id)
+        services.record_phi_access(
+            action="read", resource="ConsentHistory", resource_id=consent.pk, patient_id=patient.pk
+        )
         return Response(s.ConsentEventSerializer(services.consent_history(consent), many=True).data)
 
 
@@ -289,7 +296,11 @@ class EncounterListView(ClinicalView):
                     {"documentation_required": ["Must be true or false."]},
                 )
             encounters = encounters.filter(documentation_required=flag.lower() in ("true", "1"))
-        return paginate(self, request, encounters, "-scheduled_at", s.EncounterSerializer)
+        response = paginate(self, request, encounters, "-scheduled_at", s.EncounterSerializer)
+        services.record_phi_reads(
+            resource="Encounter", rows=[(r["id"], r["patient"]) for r in response.data["results"]]
+        )
+        return response
 
     @extend_schema(
         parameters=[PURPOSE_HEADER],
@@ -340,6 +351,12 @@ class EncounterTimelineView(ClinicalView):
     def get(self, request: Request, encounter_id: uuid.UUID) -> Response:
         encounter = services.get_encounter_for_user(encounter_id)
         events = EncounterEvent.objects.filter(encounter=encounter).order_by("at")
+        services.record_phi_access(
+            action="read",
+            resource="EncounterTimeline",
+            resource_id=encounter.pk,
+            patient_id=encounter.patient_id,
+        )
         return Response(s.EncounterEventSerializer(events, many=True).data)
 
 
@@ -435,7 +452,11 @@ class BreakGlassListView(ClinicalView):
         summary="Break-glass accesses: the privacy officer's list (a practitioner sees their own)",
     )
     def get(self, request: Request) -> Response:
-        return paginate(self, request, BreakGlass.objects.all(), "-opened_at", s.BreakGlassSerializer)
+        response = paginate(self, request, BreakGlass.objects.all(), "-opened_at", s.BreakGlassSerializer)
+        services.record_phi_reads(
+            resource="BreakGlass", rows=[(r["id"], r["patient"]) for r in response.data["results"]]
+        )
+        return response
 
     @extend_schema(
         parameters=[PURPOSE_HEADER],

@@ -29,7 +29,16 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / ".data"
 RUN_ENV = DATA / "run.env.json"
-STACK_VARIABLES = ("DJANGO_", "DATABASE_", "AUDIT_", "VAULT_", "TENANCY_", "USER_LOOKUP_KEY", "REDIS_URL")
+STACK_VARIABLES = (
+    "DJANGO_",
+    "DATABASE_",
+    "AUDIT_",
+    "VAULT_",
+    "TENANCY_",
+    "USER_LOOKUP_KEY",
+    "REDIS_URL",
+    "TURN_",
+)
 PYTHON = sys.executable
 
 
@@ -49,6 +58,7 @@ def dev_secrets() -> dict:
         "audit_owner_password": 24,
         "audit_writer_password": 24,
         "audit_reader_password": 24,
+        "turn_secret": 32,
     }
     if set(wanted) <= set(values):
         return values
@@ -190,6 +200,27 @@ class Processes:
                 child.kill()
 
 
+def start_coturn(env: dict, procs: Processes) -> None:
+    """coturn on loopback for video relays when it is installed, configured from deploy/coturn by video/turn.py.
+    Skipped when TURN_URLS already names a TURN server."""
+    if env.get("TURN_URLS"):
+        log("Using the TURN server named by TURN_URLS.")
+        return
+    from video.turn import prepare_local_turn, turnserver_binary
+
+    if turnserver_binary() is None:
+        log("coturn is not installed, so video calls have no relay: apt-get install coturn")
+        return
+    turn = prepare_local_turn(DATA / "coturn", [dev_secrets()["turn_secret"]])
+    try:
+        procs.children.append(turn.start())
+    except RuntimeError as exc:
+        log(f"coturn did not start, so video calls have no relay: {exc}")
+        return
+    env.update({"TURN_SHARED_SECRETS": turn.secrets[0], "TURN_URLS": ",".join(turn.urls())})
+    log(f"coturn on {turn.urls()[0]} (relays on {turn.relay_ip}; log in {turn.log}).")
+
+
 def cmd_run() -> int:
     pg = Postgres()
     vault = Vault(persistent=True, workdir=DATA / "openbao")
@@ -212,10 +243,13 @@ def cmd_run() -> int:
         host = os.environ.get("HOST", "127.0.0.1")
         port = os.environ.get("PORT", "8000")
         env.setdefault("AUDIT_CHECKPOINT_DIR", str(DATA / "checkpoints"))
+        start_coturn(env, procs)
         # `make manage ARGS="..."` runs commands against this running stack with the same environment.
         RUN_ENV.write_text(json.dumps({k: v for k, v in env.items() if k.startswith(STACK_VARIABLES)}))
         RUN_ENV.chmod(0o600)
-        procs.start([PYTHON, str(ROOT / "manage.py"), "audit_ship"], env)  # the audit shipper, off the request path
+        procs.start(
+            [PYTHON, str(ROOT / "manage.py"), "audit_ship"], env
+        )  # the audit shipper, off the request path
         server = procs.start(
             [
                 PYTHON,
@@ -271,9 +305,9 @@ def print_welcome(port: str) -> None:
         f"  API docs:     http://northwind.localhost:{port}/api/v1/docs/",
         f"  Schema:       http://northwind.localhost:{port}/api/v1/schema/",
         f"  Health:       http://127.0.0.1:{port}/healthz   readiness: http://127.0.0.1:{port}/readyz",
-        f"  Audit:        shipper running; checkpoints in {DATA / 'checkpoints'}; export with",
-        "                .venv/bin/python manage.py audit_export --org northwind --out /tmp/northwind-audit",
-        "                (needs the environment make run sets; or call GET /api/v1/audit/events as the auditor)",
+        f"  Audit:        shipper running; checkpoints in {DATA / 'checkpoints'}; export and verify with",
+        '                make manage ARGS="audit_export --org northwind --out /tmp/northwind-audit"',
+        "                .venv/bin/python -m audit.verify /tmp/northwind-audit",
     ]
     for _org, info in signins.items():
         lines += ["", f"  {info['name']}: http://{info['host']}:{port}/api/v1/portal/branding"]

@@ -189,3 +189,19 @@ def test_migrations_are_complete():
 
     out = StringIO()
     call_command("makemigrations", "--check", "--dry-run", stdout=out)
+
+
+def test_the_policy_helpers_role_cannot_log_in_and_the_runtime_role_cannot_become_it():
+    """The helpers that read care teams for the row policies bypass RLS; nobody may act as their owner."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT DISTINCT pg_get_userbyid(p.proowner) FROM pg_proc p WHERE p.proname LIKE 'clinic\\_%%' "
+            "AND p.prosecdef"
+        )
+        owners = [row[0] for row in cursor.fetchall()]
+        assert owners and all(owner.endswith("_policy") for owner in owners)
+        for owner in owners:
+            cursor.execute("SELECT rolcanlogin, rolbypassrls FROM pg_roles WHERE rolname = %s", [owner])
+            assert cursor.fetchone() == (False, True)
+            cursor.execute("SELECT pg_has_role(current_user, %s, 'MEMBER')", [owner])
+            assert cursor.fetchone() == (False,)
