@@ -294,3 +294,10 @@ AUDIT_MAX_LAG_SECONDS = env_int("AUDIT_MAX_LAG_SECONDS", 120)
 
 # Video: how long a dropped participant is held before the visit is flagged for documentation.
 VIDEO_GRACE_SECONDS = float(os.environ.get("VIDEO_GRACE_SECONDS", "120"))
+
+# TURN (video/turn.py, deploy/coturn/): short-lived REST-API credentials for coturn's use-auth-secret.
+# The first secret signs; coturn accepts every secret it lists, so a rotation adds the new one there first.
+TURN_SHARED_SECRETS = env_list("TURN_SHARED_SECRETS")
+# turn:/turns: URLs handed to clients, in order of preference (aiortc uses only the first).
+TURN_URLS = env_list("TURN_URLS")
+TURN_CREDENTIAL_TTL_SECONDS = env_int("TURN_CREDENTIAL_TTL_SECONDS", 600)

@@ -16,6 +16,7 @@ urlpatterns = [
     path("api/v1/", include("tenancy.urls")),
     path("api/v1/", include("clinic.urls")),
     path("api/v1/", include("audit.urls")),
+    path("api/v1/", include("video.urls")),
 ]
 
 handler400 = "tenancy.errors.bad_request"
