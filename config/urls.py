@@ -4,6 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from tenancy import health
+from video.urls import page_urlpatterns as video_pages
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
@@ -17,6 +18,7 @@ urlpatterns = [
     path("api/v1/", include("clinic.urls")),
     path("api/v1/", include("audit.urls")),
     path("api/v1/", include("video.urls")),
+    path("", include(video_pages)),  # /visit/<encounter id>: the video visit page
 ]
 
 handler400 = "tenancy.errors.bad_request"

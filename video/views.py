@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import uuid
 
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.shortcuts import render
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -16,9 +18,11 @@ from rest_framework.response import Response
 
 from clinic import services
 from clinic.models import Encounter
-from tenancy.errors import ApiError
+from tenancy.context import ANONYMOUS, tenant_context
+from tenancy.errors import ApiError, json_error
 from tenancy.models import PurposeOfUse, Role
 from tenancy.permissions import HasRole
+from tenancy.services import get_organization
 from tenancy.views import PURPOSE_HEADER, TenantAPIView
 
 from .turn import TurnUnavailable, turn_credentials
@@ -90,3 +94,28 @@ class TurnCredentialsView(TenantAPIView):
             patient_id=encounter.patient_id,
         )
         return Response(credentials, headers={"Cache-Control": "no-store"})
+
+
+# -- the portal page -------------------------------------------------------------------------------------
+
+
+def visit_page(request: HttpRequest, encounter_id: uuid.UUID) -> HttpResponse:
+    """GET /visit/<encounter id>: the video visit page, branded for the Host's organization.
+
+    A shell with no health information and no check of the encounter (every id answers the same page, so the
+    page reveals nothing about which exist): sign-in, the waiting room and the call run in its scripts
+    (video/static/video/), over the API and the signalling socket, which check who may see what.
+    Served under the strict page CSP: scripts and styles come from /static/ only.
+    """
+    if request.method not in ("GET", "HEAD"):
+        return HttpResponseNotAllowed(["GET", "HEAD"])
+    org_id = getattr(request, "org_id", None)
+    if org_id is None:
+        return json_error("unknown_host", "No organization is served at this host.", 404)
+    with tenant_context(org_id=org_id, role=ANONYMOUS):
+        branding = get_organization(org_id).branding
+    response = render(request, "video/visit.html", {"branding": branding, "encounter_id": str(encounter_id)})
+    # The camera and microphone for this origin only; nothing else the page does not use.
+    response["Permissions-Policy"] = "camera=(self), microphone=(self), geolocation=(), payment=(), usb=()"
+    response["Cache-Control"] = "no-store"
+    return response
