@@ -113,6 +113,9 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
                 await self.refuse("resume_expired", "Too much was missed: join again.", 4410)
                 return
             self.sent = int(query.get("last_seq", "0") or 0)
+        else:
+            # A fresh join starts at the end of the stream: nothing from an earlier connection is replayed.
+            self.sent = await store.last_seq(self.encounter_id, self.user)
         await self.welcome(resumed)
         if resumed:
             await self.flush()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from clinic import services as clinic
-from tenancy.authentication import SESSION_LAST_SEEN, SESSION_ORG
+from tenancy.authentication import SESSION_LAST_SEEN, SESSION_MFA_PENDING, SESSION_ORG
 from tenancy.context import ANONYMOUS, tenant_context
 from tenancy.errors import ApiError
 from tenancy.middleware import org_id_for_host
@@ -74,8 +74,8 @@ def authenticate(scope) -> Caller | None:
         user = scope.get("user")
         if session is None or user is None or not getattr(user, "is_authenticated", False):
             return None
-        if session.get(SESSION_ORG) != str(org_id):
-            return None
+        if session.get(SESSION_ORG) != str(org_id) or session.get(SESSION_MFA_PENDING):
+            return None  # another clinic's session, or one that has not finished MFA enrollment
         if time.time() - float(session.get(SESSION_LAST_SEEN, 0)) > org.idle_timeout_minutes * 60:
             return None
         m = Membership.objects.filter(user_id=user.pk, is_active=True).defer("email", "display_name").first()

@@ -52,6 +52,9 @@ class MemoryStore:
             del stream[:-STREAM_KEEP]
             return seq
 
+    async def last_seq(self, encounter: str, user: str) -> int:
+        return self._seq.get((encounter, user), 0)
+
     async def since(self, encounter: str, user: str, after: int) -> list[dict] | None:
         """Messages after `after`; None when some were already trimmed (the client must rejoin afresh)."""
         stream = self._streams.get((encounter, user), [])
@@ -102,6 +105,10 @@ class RedisStore:
         await self._redis.zremrangebyrank(key, 0, -STREAM_KEEP - 1)
         await self._redis.expire(key, 86400)
         return int(seq)
+
+    async def last_seq(self, encounter: str, user: str) -> int:
+        value = await self._redis.get(f"video:seq:{encounter}:{user}")
+        return int(value) if value else 0
 
     async def since(self, encounter: str, user: str, after: int) -> list[dict] | None:
         key = f"video:stream:{encounter}:{user}"
