@@ -5,9 +5,10 @@ For each organization with pending events, under a per-organization advisory loc
 
 1. read outbox rows whose writing transaction is below the oldest one still running
    (`created_xid < pg_snapshot_xmin(pg_current_snapshot())`), so a row that commits late is read late,
-   never skipped;
+   never skipped; oldest first by `created_at`, the order of the outbox's index, so a batch costs the same
+   whatever the backlog;
 2. drop the ones already in the log (event id), number the rest after the log's head, hash them into the
-   Merkle frontier, and insert entries, index and new head in one audit transaction;
+   Merkle frontier, and write entries and index (COPY) and the new head in one audit transaction;
 3. only after that commit, delete the shipped rows from the outbox. A crash in between ships nothing twice:
    the next pass finds their event ids in the log and only deletes them.
 
@@ -18,6 +19,7 @@ while events arrive, and re-signed as a heartbeat every AUDIT_HEARTBEAT_SECONDS 
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -67,35 +69,72 @@ def oldest_unshipped_age() -> float | None:
     return None if value is None else float(value)
 
 
-def _take(org_id, batch: int) -> list[tuple]:
+def _take(org_id, batch: int) -> list[tuple[str, str | dict]]:
+    """Up to `batch` (event id as text, payload) of rows below the xmin horizon, oldest first.
+
+    Oldest by `created_at` (then transaction id and event id, for ties), the order of the outbox's
+    (org_id, created_at) index, so the scan stops after `batch` rows and a call costs the same whatever the
+    backlog. (Ordering by created_xid first, which no index has, sorted every pending row, payloads and all,
+    on every call.) Which rows are eligible is decided by the xmin filter alone: the order never makes a row
+    skipped. The row-security quals make the planner expect a few hundred rows, and it would rather sort
+    them all than walk the index; `enable_sort = off` for this transaction only tips it back to the index
+    (where there is no index to walk, it still sorts).
+    """
     with tenant_context(org_id=org_id, role="shipper"), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_sort = off")
         cursor.execute(
-            "SELECT id, payload FROM audit_outboxevent WHERE org_id = %s "
-            "AND created_xid < pg_snapshot_xmin(pg_current_snapshot()) "
-            "ORDER BY created_xid, created_at, id LIMIT %s",
+            "SELECT o.id::text, o.payload FROM audit_outboxevent o WHERE o.org_id = %s "
+            "AND o.created_xid < pg_snapshot_xmin(pg_current_snapshot()) "
+            "ORDER BY o.created_at, o.created_xid, o.id LIMIT %s",
             [org_id, batch],
         )
         return cursor.fetchall()
 
 
-def _forget(org_id, ids: list) -> None:
+def _uuid_array(ids: list[str]) -> str:
+    """A uuid[] literal: one short string to send instead of thousands of adapted values."""
+    return "{" + ",".join(ids) + "}"
+
+
+def _forget(org_id, ids: list[str]) -> None:
     with tenant_context(org_id=org_id, role="shipper"), connection.cursor() as cursor:
-        cursor.execute("DELETE FROM audit_outboxevent WHERE org_id = %s AND id = ANY(%s)", [org_id, ids])
+        cursor.execute(
+            "DELETE FROM audit_outboxevent WHERE org_id = %s AND id = ANY(%s::uuid[])",
+            [org_id, _uuid_array(ids)],
+        )
 
 
 def _load(payload) -> dict:
-    import json
-
+    # Django hands jsonb over as text (its psycopg adapters load it with a TextLoader); a raw psycopg
+    # connection would give a dict already.
     return payload if isinstance(payload, dict) else json.loads(payload)
 
 
-def ship_org(org_id: uuid.UUID, batch: int = 1000, crash_before_forget: bool = False) -> int:
-    """Ship one batch of one organization's events. Returns how many entered the log."""
+# Events per ship_org call: the per-call costs (two audit connections, the advisory lock, the outbox scan,
+# the head read, three commits) are spread over this many events.
+DEFAULT_BATCH = 10_000
+
+INDEX_COPY = "COPY audit_event_index (event_id, org_id, seq) FROM STDIN"
+ENTRY_COPY = (
+    "COPY audit_entry (org_id, seq, recorded_at, event_id, patient_id, actor_user, action, entry, leaf) "
+    "FROM STDIN"
+)
+
+
+def ship_org(org_id: uuid.UUID, batch: int = DEFAULT_BATCH, crash_before_forget: bool = False) -> int:
+    """Ship one batch of one organization's events. Returns how many entered the log.
+
+    Entries and index rows go to the audit database with COPY (the writer's INSERT privilege is all COPY FROM
+    needs, and it is one stream instead of a statement per row); the entries are streamed while they are
+    built, so the audit database indexes them while the next ones are hashed. A duplicate event id still
+    fails the whole audit transaction (the index's primary key), and nothing is deleted from the outbox
+    unless that transaction committed.
+    """
     with store.writer() as writer, store.reader() as reader:
         locked = writer.execute(
             "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", [f"audit-log:{org_id}"]
-        ).fetchone()[0]
-        if not locked:
+        ).fetchone()
+        if not (locked and locked[0]):
             writer.rollback()
             return 0  # another shipper is sequencing this organization
         rows = _take(org_id, batch)
@@ -104,49 +143,49 @@ def ship_org(org_id: uuid.UUID, batch: int = 1000, crash_before_forget: bool = F
             return 0
         ids = [row[0] for row in rows]
         known = {
-            r[0]
+            str(r[0])
             for r in reader.execute(
-                "SELECT event_id FROM audit_event_index WHERE event_id = ANY(%s)", [ids]
+                "SELECT event_id FROM audit_event_index WHERE event_id = ANY(%s::uuid[])", [_uuid_array(ids)]
             ).fetchall()
         }
         head = read_head(reader, org_id)
         now = datetime.datetime.now(datetime.UTC)
-        index_rows, entry_rows = [], []
+        org = str(org_id)
+        index_rows: list[tuple] = []
+        leaves: list[bytes] = []
         seq = head.size
-        for event_id, payload in rows:
-            if event_id in known:
-                continue  # already in the log (shipped before a crash): only the outbox row remains to delete
-            event = _load(payload)
-            event.update({"v": 1, "seq": seq, "org": str(org_id), "event_id": str(event_id)})
-            entry = tlog.canonical_entry(event)
-            leaf = tlog.leaf_hash(entry)
-            head.frontier.append(leaf)
-            actor_user = (event.get("actor") or {}).get("user")
-            index_rows.append((event_id, org_id, seq))
-            entry_rows.append(
-                (
-                    org_id,
-                    seq,
-                    now,
-                    event_id,
-                    event.get("patient") or None,
-                    actor_user or None,
-                    str(event.get("action", "")),
-                    entry.decode(),
-                    leaf,
-                )
-            )
-            seq += 1
-        if index_rows:
-            with writer.cursor() as cursor:
-                cursor.executemany(
-                    "INSERT INTO audit_event_index (event_id, org_id, seq) VALUES (%s, %s, %s)", index_rows
-                )
-                cursor.executemany(
-                    "INSERT INTO audit_entry (org_id, seq, recorded_at, event_id, patient_id, actor_user, action, "
-                    "entry, leaf) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    entry_rows,
-                )
+        canonical, leaf_hash = tlog.canonical_entry, tlog.leaf_hash
+        with writer.cursor() as cursor:
+            with cursor.copy(ENTRY_COPY) as copy:
+                for event_id, payload in rows:
+                    if event_id in known:
+                        continue  # already in the log (shipped before a crash): only the outbox row is left
+                    event = _load(payload)
+                    event.update({"v": 1, "seq": seq, "org": org, "event_id": event_id})
+                    entry = canonical(event)
+                    leaf = leaf_hash(entry)
+                    leaves.append(leaf)
+                    actor_user = (event.get("actor") or {}).get("user")
+                    index_rows.append((event_id, org_id, seq))
+                    copy.write_row(
+                        (
+                            org_id,
+                            seq,
+                            now,
+                            event_id,
+                            event.get("patient") or None,
+                            actor_user or None,
+                            str(event.get("action", "")),
+                            entry.decode(),
+                            leaf,
+                        )
+                    )
+                    seq += 1
+            if index_rows:
+                with cursor.copy(INDEX_COPY) as copy:
+                    for row in index_rows:
+                        copy.write_row(row)
+                head.frontier.extend_packed(b"".join(leaves))
                 cursor.execute(
                     "INSERT INTO audit_log_state (org_id, size, frontier) VALUES (%s, %s, %s)",
                     [org_id, seq, psycopg_json(head.frontier.to_json())],
@@ -164,7 +203,7 @@ def psycopg_json(value):
     return Jsonb(value)
 
 
-def ship_once(batch: int = 1000) -> dict[uuid.UUID, int]:
+def ship_once(batch: int = DEFAULT_BATCH) -> dict[uuid.UUID, int]:
     shipped: dict[uuid.UUID, int] = {}
     for org_id in pending_orgs():
         total = 0
@@ -196,7 +235,7 @@ def checkpoint(org_id: uuid.UUID, signer: CheckpointSigner | None = None, force:
         head = read_head(reader, org_id)
         last = latest_checkpoint(reader, org_id)
         now = datetime.datetime.now(datetime.UTC)
-        age = (now - last[3]).total_seconds() if last else None
+        age = (now - last[3]).total_seconds() if last else 0.0  # (unused without a last checkpoint)
         if last is None or (
             head.size > last[0] and (force or age >= settings.AUDIT_CHECKPOINT_INTERVAL_SECONDS)
         ):
