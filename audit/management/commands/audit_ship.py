@@ -21,7 +21,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--once", action="store_true", help="one pass, then exit")
         parser.add_argument("--interval", type=float, default=1.0, help="seconds between passes")
-        parser.add_argument("--batch", type=int, default=1000)
+        parser.add_argument("--batch", type=int, default=shipper.DEFAULT_BATCH)
         parser.add_argument("--checkpoint", action="store_true", help="sign a checkpoint for every log now")
 
     def handle(self, *args, **options):
