@@ -77,12 +77,12 @@ def export(
             row = reader.execute(
                 "SELECT min(seq) FROM audit_entry WHERE org_id = %s AND recorded_at >= %s", [org_id, since]
             ).fetchone()
-            low = row[0] if row[0] is not None else tree_size
+            low = row[0] if row is not None and row[0] is not None else tree_size
         if until:
             row = reader.execute(
                 "SELECT max(seq) FROM audit_entry WHERE org_id = %s AND recorded_at < %s", [org_id, until]
             ).fetchone()
-            high = min(tree_size, row[0] + 1) if row[0] is not None else 0
+            high = min(tree_size, row[0] + 1) if row is not None and row[0] is not None else 0
         conditions, params = ["org_id = %s", "seq >= %s", "seq < %s"], [org_id, low, high]
         if patient:
             conditions.append("patient_id = %s")

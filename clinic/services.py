@@ -227,6 +227,8 @@ def register_patient(*, actor: Membership, data: dict) -> Patient:
             409,
             {"health_card_number": ["Already registered."]},
         )
+    if org_id is None:
+        raise ApiError("unknown_host", "No organization is served at this host.", 404)
     patient = Patient(org_id=org_id, **{k: v for k, v in data.items() if k in PATIENT_FIELDS})
     patient.save(force_insert=True)
     record_phi_access(

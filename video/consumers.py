@@ -129,6 +129,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
         )
 
     async def welcome(self, resumed: bool) -> None:
+        assert self.seat is not None
         store = get_store()
         token = await store.issue_token(
             {"user": self.user, "encounter": self.encounter_id, "connection": self.connection_id},

@@ -80,6 +80,10 @@ class MemoryStore:
                 self._tokens.pop(token, None)
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class RedisStore:
     def __init__(self, url: str) -> None:
         import redis.asyncio as redis
@@ -91,8 +95,8 @@ class RedisStore:
         return f"video:participants:{encounter}"
 
     async def get_participants(self, encounter: str) -> dict[str, Participant]:
-        raw = await self._redis.hgetall(self._p(encounter))
-        return {k.decode(): Participant(**json.loads(v)) for k, v in raw.items()}
+        raw = await self._redis.hgetall(self._p(encounter))  # type: ignore[misc]  # redis stubs: sync|async
+        return {_text(k): Participant(**json.loads(v)) for k, v in raw.items()}
 
     async def put_participant(self, encounter: str, participant: Participant) -> None:
         await self._redis.hset(self._p(encounter), participant.user_id, json.dumps(asdict(participant)))
@@ -115,7 +119,8 @@ class RedisStore:
         first = await self._redis.zrange(key, 0, 0, withscores=True)
         if first and after < int(first[0][1]) - 1:
             return None
-        return [json.loads(m) for m in await self._redis.zrangebyscore(key, after + 1, "+inf")]
+        messages = await self._redis.zrangebyscore(key, after + 1, "+inf")
+        return [json.loads(m) for m in messages]  # type: ignore[arg-type]  # members are JSON bytes
 
     async def issue_token(self, claims: dict, ttl: float) -> str:
         token = secrets.token_urlsafe(32)
