@@ -43,9 +43,16 @@ def test_a_stored_key_used_as_a_cookie_signs_no_one_in(api, alpha):
 
 
 def test_signing_out_deletes_the_session(api, alpha):
+    import hashlib
+
     portal = sign_in(api, alpha)
+    key = portal.client.cookies["sessionid"].value
+    stored = "h1:" + hashlib.sha256(key.encode()).hexdigest()
     token = portal.client.cookies["csrftoken"].value
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM tenancy_portal_session WHERE session_key = %s", [stored])
+        assert cursor.fetchone() == (1,)
     assert portal.post("/api/v1/auth/logout", **{"X-CSRFToken": token}).status_code == 204
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM tenancy_portal_session")
+        cursor.execute("SELECT count(*) FROM tenancy_portal_session WHERE session_key = %s", [stored])
         assert cursor.fetchone() == (0,)
