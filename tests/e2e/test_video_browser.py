@@ -222,7 +222,7 @@ NEGOTIATED = (
 )
 
 
-def wait_media(person: Person, min_bytes: int, timeout: float = 30.0) -> dict:
+def wait_media(person: Person, min_bytes: int, timeout: float = 60.0) -> dict:
     """Until the selected pair is relay on both ends, connected, and more than `min_bytes` arrived."""
     deadline = time.monotonic() + timeout
     stats: dict = {}
