@@ -1,0 +1,404 @@
+"""Video signalling under load: idle sessions one worker holds, relay latency, and recovery from a cut socket.
+
+One uvicorn worker (no REDIS_URL: the in-memory Channels layer and session store) serves config.asgi on a
+loopback port against the test database. One organization, one practitioner, one patient and many encounters
+(one connection per user and encounter, so each encounter seats a practitioner + patient pair):
+
+1. idle sessions: open `SESSIONS` WebSockets, leave them idle, measure the worker's RSS before and after, the
+   connect rate, and that a sample still answers `ping` with `pong` (goal: at least 2,000 held);
+2. relay latency: `RELAY_PAIRS` admitted pairs, every practitioner sends offers/candidates at once (send time in
+   the payload), time until the patient receives each one, while the idle sessions stay open;
+3. cut -> resumed signalling: the patient's socket is aborted (no close handshake), it reconnects with its resume
+   token and last `seq`; time until `restart_ice` (goal: p95 under 2 s);
+4. cut -> media flowing again: two aiortc peers relay-only through a local coturn (tests/video/test_aiortc_call.py),
+   cut, resume, new peer connections, time until a data-channel message arrives (goal: p95 under 5 s). Skipped
+   without coturn outside CI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import resource
+import time
+import uuid
+
+import psutil
+import pytest
+from django.utils import timezone
+
+from clinic import services as clinic
+from clinic.models import Patient
+from tenancy.context import tenant_context
+from tenancy.services import create_organization, ensure_member, issue_api_token
+from tests.bench.reporting import report, summarize
+from tests.conftest import PASSWORD
+from tests.video.test_aiortc_call import Peer, Signal, negotiate, require_coturn, uvicorn_server
+from tests.video.test_signalling import committed
+from video.turn import prepare_local_turn
+
+pytestmark = [pytest.mark.bench, pytest.mark.django_db(transaction=False)]
+
+SESSIONS = int(os.environ.get("BENCH_VIDEO_SESSIONS", "2000"))
+SESSIONS_GOAL = 2000
+CONNECT_CONCURRENCY = 64
+IDLE_SECONDS = 5
+PING_SAMPLE = 200
+RELAY_PAIRS = 200
+RELAY_MESSAGES = 10  # per pair
+RESUMES = 20
+MEDIA_RESUMES = 10
+
+
+def raise_open_files(wanted: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def clinic_with_encounters(count: int) -> list[dict]:
+    """One clinic, one practitioner, one patient, `count` planned encounters; a call dict per encounter."""
+    slug = f"bench-video-{uuid.uuid4().hex[:8]}"
+    org, _ = create_organization(slug=slug, name=slug, domains=[f"{slug}.localhost"], require_mfa=False)
+    with tenant_context(org_id=org.id, role="platform", purpose="treatment"):
+        _, doctor, _ = ensure_member(org=org, email=f"dr@{slug}.test", role="practitioner", password=PASSWORD)
+        _, staff, _ = ensure_member(org=org, email=f"desk@{slug}.test", role="staff", password=PASSWORD)
+        patient_user, patient_member, _ = ensure_member(
+            org=org, email=f"pat@{slug}.test", role="patient", password=PASSWORD
+        )
+        patient = clinic.register_patient(
+            actor=staff,
+            data={"given_name": "Ben", "family_name": "Ch", "birth_date": datetime.date(1970, 1, 1)},
+        )
+        Patient.objects.filter(pk=patient.pk).update(user=patient_user)
+        tokens = {
+            "doctor": issue_api_token(membership=doctor)[0],
+            "patient": issue_api_token(membership=patient_member)[0],
+        }
+        start = timezone.now()
+        calls = []
+        for i in range(count):
+            encounter = clinic.schedule_encounter(
+                patient=patient,
+                practitioner=doctor,
+                actor=staff,
+                scheduled_at=start + datetime.timedelta(minutes=i),
+                reason="bench video visit",
+            )
+            calls.append(
+                {
+                    "host": f"{slug}.localhost",
+                    "encounter": str(encounter.pk),
+                    "tokens": tokens,
+                    "doctor": str(doctor.user_id),
+                    "patient": str(patient_user.pk),
+                }
+            )
+    return calls
+
+
+def worker_process(port: int) -> psutil.Process:
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmdline = child.cmdline()
+        except psutil.Error:
+            continue
+        if "uvicorn" in cmdline and str(port) in cmdline:
+            return child
+    raise AssertionError(f"no uvicorn process on port {port}")
+
+
+def rss_mb(process: psutil.Process) -> float:
+    return process.memory_info().rss / 2**20
+
+
+def ns(seconds: float) -> int:
+    return int(seconds * 1e9)
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    raise_open_files(SESSIONS * 2 + 2000)
+    log = tmp_path_factory.mktemp("uvicorn-bench-video") / "server.log"
+    with uvicorn_server(log, {}, drop=("REDIS_URL",)) as port:
+        yield port
+
+
+async def connect(signal: Signal, semaphore: asyncio.Semaphore) -> None:
+    async with semaphore:
+        await signal.open()
+        await signal.until("welcome", timeout=30)
+
+
+async def close_all(signals: list[Signal]) -> None:
+    for i in range(0, len(signals), 200):
+        await asyncio.gather(*(s.close() for s in signals[i : i + 200]))
+
+
+async def sessions_and_relay(calls: list[dict], port: int, process: psutil.Process) -> dict:
+    out: dict = {}
+    pairs = [(Signal(c, "doctor", port), Signal(c, "patient", port)) for c in calls]
+    signals = [s for pair in pairs for s in pair]
+    semaphore = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    try:
+        # Warm up the worker (imports, connection pool) on one pair before the baseline.
+        await connect(pairs[0][0], semaphore)
+        await connect(pairs[0][1], semaphore)
+        await asyncio.sleep(0.5)
+        out["rss_before"] = rss_mb(process)
+
+        # -- 1. idle sessions ------------------------------------------------------------------------------
+        began = time.monotonic()
+        connect_ns: list[int] = []
+
+        async def timed(signal: Signal) -> None:
+            t0 = time.perf_counter_ns()
+            await connect(signal, semaphore)
+            connect_ns.append(time.perf_counter_ns() - t0)
+
+        # Practitioners first so each patient finds its practitioner there (a `waiting` each, left unread).
+        await asyncio.gather(*(timed(d) for d, _ in pairs[1:]))
+        await asyncio.gather(*(timed(p) for _, p in pairs[1:]))
+        out["connect_seconds"] = time.monotonic() - began
+        out["connect_ns"] = connect_ns
+        out["rss_connected"] = rss_mb(process)
+        await asyncio.sleep(IDLE_SECONDS)
+        out["rss_idle"] = rss_mb(process)
+        sample = signals[:: max(1, len(signals) // PING_SAMPLE)][:PING_SAMPLE]
+        ping_ns: list[int] = []
+
+        async def ping(signal: Signal) -> None:
+            t0 = time.perf_counter_ns()
+            await signal.send({"type": "ping"})
+            await signal.until("pong")
+            ping_ns.append(time.perf_counter_ns() - t0)
+
+        await asyncio.gather(*(ping(s) for s in sample))
+        out["ping_ns"] = ping_ns
+        out["held"] = sum(1 for s in signals if s.ws is not None and s.ws.state.name == "OPEN")
+
+        # -- 2. relay latency under load ------------------------------------------------------------------
+        relay = pairs[:RELAY_PAIRS]
+
+        async def admit(doctor: Signal, patient: Signal) -> None:
+            await doctor.send({"type": "admit", "user": doctor.call["patient"]})
+            await patient.until("admitted")
+
+        await asyncio.gather(*(admit(d, p) for d, p in relay))
+        latencies: list[int] = []
+
+        async def drain_doctor(doctor: Signal) -> None:
+            # admitted -> presence etc.; not timed, just keep the doctor's buffer short
+            while True:
+                try:
+                    await doctor.receive(timeout=0.05)
+                except TimeoutError:
+                    return
+
+        await asyncio.gather(*(drain_doctor(d) for d, _ in relay))
+
+        async def sender(doctor: Signal) -> None:
+            for i in range(RELAY_MESSAGES):
+                stamp = str(time.perf_counter_ns())
+                if i % 2 == 0:
+                    await doctor.send({"type": "offer", "sdp": f"v=0 {stamp}"})
+                else:
+                    await doctor.send({"type": "candidate", "candidate": {"candidate": stamp}})
+                await asyncio.sleep(0.01)
+
+        async def receiver(patient: Signal) -> None:
+            got = 0
+            while got < RELAY_MESSAGES:
+                message = await patient.receive(timeout=30)
+                arrived = time.perf_counter_ns()
+                if message["type"] == "offer":
+                    sent = int(message["sdp"].split()[1])
+                elif message["type"] == "candidate":
+                    sent = int(message["candidate"]["candidate"])
+                else:
+                    continue
+                latencies.append(arrived - sent)
+                got += 1
+
+        began = time.monotonic()
+        await asyncio.gather(*(receiver(p) for _, p in relay), *(sender(d) for d, _ in relay))
+        out["relay_seconds"] = time.monotonic() - began
+        out["relay_ns"] = latencies
+
+        # -- 3. cut -> resumed signalling -----------------------------------------------------------------
+        resume_ns: list[int] = []
+        for i in range(RESUMES):
+            doctor, patient = relay[i % len(relay)]
+            cut = time.perf_counter_ns()
+            patient.cut()
+            await patient.resume()
+            await patient.until("restart_ice")
+            resume_ns.append(time.perf_counter_ns() - cut)
+            await doctor.until("restart_ice")
+        out["resume_ns"] = resume_ns
+    finally:
+        await close_all(signals)
+    return out
+
+
+def test_idle_sessions_relay_latency_and_resume(clinics, worker):
+    encounters = (SESSIONS + 1) // 2
+    t0 = time.monotonic()
+    calls = committed(clinic_with_encounters, encounters)
+    setup_seconds = time.monotonic() - t0
+    process = worker_process(worker)
+    r = asyncio.run(asyncio.wait_for(sessions_and_relay(calls, worker, process), 170))
+
+    opened = 2 * len(calls)
+    grown = r["rss_idle"] - r["rss_before"]
+    per_session_kb = grown * 1024 / max(1, opened - 2)
+    rate = (opened - 2) / r["connect_seconds"]
+    print(
+        f"\nencounters set up: {len(calls)} in {setup_seconds:.1f} s"
+        f"\nsessions held: {r['held']}/{opened}; RSS {r['rss_before']:.1f} MB -> {r['rss_connected']:.1f} MB "
+        f"connected -> {r['rss_idle']:.1f} MB after {IDLE_SECONDS} s idle; {per_session_kb:.1f} KB/session; "
+        f"connect rate {rate:.0f}/s ({r['connect_seconds']:.1f} s)"
+    )
+    relay = summarize(r["relay_ns"])
+    ordered = sorted(r["relay_ns"])
+    relay_p99_ms = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))] / 1e6
+    resume = summarize(r["resume_ns"])
+    print(
+        f"relay latency ({RELAY_PAIRS} pairs x {RELAY_MESSAGES}): p50 {relay['median_us'] / 1000:.2f} ms, "
+        f"p99 {relay_p99_ms:.2f} ms"
+        f"\ncut -> resumed signalling: p50 {resume['median_us'] / 1e6:.3f} s, p95 {resume['p95_us'] / 1e6:.3f} s"
+    )
+    report(
+        "video_sessions",
+        description="idle signalling WebSockets held by one uvicorn worker (in-memory layer)",
+        figures={
+            "connect (handshake+welcome)": summarize(r["connect_ns"]),
+            "ping -> pong after idle": summarize(r["ping_ns"]),
+        },
+        ratios={f"{SESSIONS_GOAL} goal / sessions held": round(SESSIONS_GOAL / max(1, r["held"]), 3)},
+        goals={f"{SESSIONS_GOAL} goal / sessions held": 1.0},
+        parameters={
+            "sessions_opened": opened,
+            "sessions_held": r["held"],
+            "idle_seconds": IDLE_SECONDS,
+            "ping_sample": len(r["ping_ns"]),
+            "connect_concurrency": CONNECT_CONCURRENCY,
+            "connect_rate_per_s": round(rate, 1),
+            "rss_mb_before": round(r["rss_before"], 1),
+            "rss_mb_connected": round(r["rss_connected"], 1),
+            "rss_mb_idle": round(r["rss_idle"], 1),
+            "kb_per_session": round(per_session_kb, 1),
+            "mb_per_session": round(per_session_kb / 1024, 4),
+            "setup_seconds": round(setup_seconds, 1),
+        },
+    )
+    report(
+        "video_relay",
+        description=f"offer/candidate relay practitioner -> patient, {RELAY_PAIRS} pairs bursting at once (saturating)",
+        figures={"relay latency": relay},
+        ratios={},
+        parameters={
+            "pairs": RELAY_PAIRS,
+            "messages_per_pair": RELAY_MESSAGES,
+            "idle_sessions_open": opened,
+            "p99_ms": round(relay_p99_ms, 2),
+            "throughput_msgs_per_s": round(len(r["relay_ns"]) / r["relay_seconds"], 1),
+        },
+    )
+    report(
+        "video_resume",
+        description="cut patient socket (no close handshake) -> resume token + last_seq -> restart_ice",
+        figures={"cut -> restart_ice": resume},
+        ratios={"p95 / 2 s": round(resume["p95_us"] / 2e6, 3)},
+        goals={"p95 / 2 s": 1.0},
+        parameters={"repetitions": RESUMES},
+    )
+    assert r["held"] == opened
+    assert len(r["ping_ns"]) > 0
+
+
+# -- 4. cut -> media flowing again through TURN -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def turn_worker(tmp_path_factory):
+    require_coturn()
+    secret = os.urandom(24).hex()
+    server = prepare_local_turn(tmp_path_factory.mktemp("coturn-bench"), [secret])
+    server.start()
+    try:
+        env = {
+            "TURN_SHARED_SECRETS": secret,
+            "TURN_URLS": f"turn:{server.listening_ip}:{server.ports.listening}?transport=udp",
+        }
+        log = tmp_path_factory.mktemp("uvicorn-bench-turn") / "server.log"
+        with uvicorn_server(log, env, drop=("REDIS_URL",)) as port:
+            yield port
+    finally:
+        server.stop()
+
+
+async def media_resumes(call: dict, port: int) -> dict:
+    doctor_signal, patient_signal = Signal(call, "doctor", port), Signal(call, "patient", port)
+    peers: list[Peer] = []
+    signalling_ns: list[int] = []
+    media_ns: list[int] = []
+    try:
+        await doctor_signal.open()
+        await doctor_signal.until("welcome")
+        await patient_signal.open()
+        await patient_signal.until("welcome")
+        await doctor_signal.until("waiting")
+        await doctor_signal.send({"type": "admit", "user": call["patient"]})
+        await patient_signal.until("admitted")
+        doctor = Peer("doctor", doctor_signal.turn)
+        peers.append(doctor)
+        peers.append(await negotiate(doctor_signal, patient_signal, doctor))
+        await doctor.channel_open()
+        await peers[1].channel_open()
+
+        for i in range(MEDIA_RESUMES):
+            cut = time.perf_counter_ns()
+            patient_signal.cut()
+            await patient_signal.resume()
+            await patient_signal.until("restart_ice")
+            signalling_ns.append(time.perf_counter_ns() - cut)
+            await doctor_signal.until("restart_ice")
+            await asyncio.gather(*(peer.close() for peer in peers))
+            peers.clear()
+            doctor = Peer("doctor", doctor_signal.turn)
+            peers.append(doctor)
+            patient = await negotiate(doctor_signal, patient_signal, doctor)
+            peers.append(patient)
+            await doctor.channel_open()
+            doctor.channel.send(f"after resume {i}")
+            assert await asyncio.wait_for(patient.messages.get(), 10) == f"after resume {i}"
+            media_ns.append(time.perf_counter_ns() - cut)
+    finally:
+        for peer in peers:
+            await peer.close()
+        await doctor_signal.close()
+        await patient_signal.close()
+    return {"signalling": signalling_ns, "media": media_ns}
+
+
+def test_cut_to_media_flowing_again_through_turn(clinics, turn_worker):
+    call = committed(clinic_with_encounters, 1)[0]
+    r = asyncio.run(asyncio.wait_for(media_resumes(call, turn_worker), 150))
+    media, signalling = summarize(r["media"]), summarize(r["signalling"])
+    print(
+        f"\ncut -> media (data channel) through TURN: p50 {media['median_us'] / 1e6:.3f} s, "
+        f"p95 {media['p95_us'] / 1e6:.3f} s"
+    )
+    report(
+        "video_media_resume",
+        description="aiortc peers relay-only via local coturn: cut socket -> resume -> new peer connections -> "
+        "data-channel message",
+        figures={"cut -> restart_ice": signalling, "cut -> data channel message": media},
+        ratios={"media p95 / 5 s": round(media["p95_us"] / 5e6, 3)},
+        goals={"media p95 / 5 s": 1.0},
+        parameters={"repetitions": MEDIA_RESUMES, "turn": "coturn on loopback, iceTransportPolicy=relay"},
+        extra={"samples_s": [round(x / 1e9, 3) for x in r["media"]]},
+    )
