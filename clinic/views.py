@@ -68,12 +68,26 @@ class ClinicalView(TenantAPIView):
         return self.request.auth.membership  # type: ignore[union-attr]
 
 
-def paginate(view: TenantAPIView, request: Request, queryset, ordering: str, serializer_class) -> Response:
+def paginate(
+    view: TenantAPIView,
+    request: Request,
+    queryset,
+    ordering: str,
+    serializer_class,
+    *,
+    audit: str | None = None,
+    patient_field: str = "patient",
+) -> Response:
+    """A cursor page of 50. With `audit`, the page's rows are recorded as reads (one outbox write)."""
     paginator = CursorPagination()
     paginator.ordering = ordering
     paginator.page_size = 50
     page = paginator.paginate_queryset(queryset, request, view=view)
-    return paginator.get_paginated_response(serializer_class(page, many=True).data)
+    response = paginator.get_paginated_response(serializer_class(page, many=True).data)
+    if audit:
+        rows = [(row["id"], row[patient_field]) for row in response.data["results"]]
+        services.record_phi_reads(resource=audit, rows=rows)
+    return response
 
 
 def _uuid_param(request: Request, name: str) -> uuid.UUID | None:
@@ -108,11 +122,9 @@ class PatientListView(ClinicalView):
         email = request.query_params.get("email", "")[:254]
         card = request.query_params.get("health_card_number", "")[:40]
         queryset = services.search_patients(email=email, health_card_number=card)
-        response = paginate(self, request, queryset, "-created_at", s.PatientSerializer)
-        services.record_phi_reads(
-            resource="Patient", rows=[(r["id"], r["id"]) for r in response.data["results"]]
+        return paginate(
+            self, request, queryset, "-created_at", s.PatientSerializer, audit="Patient", patient_field="id"
         )
-        return response
 
     @extend_schema(
         parameters=[PURPOSE_HEADER], request=s.PatientSerializer, responses={201: s.PatientSerializer}
@@ -163,11 +175,9 @@ class CareTeamView(ClinicalView):
             services.get_patient_for_user(patient_id)
         elif not members.exists():
             raise ApiError("not_found", "Not found.", 404)
-        response = paginate(self, request, members, "-period_start", s.CareTeamMemberSerializer)
-        services.record_phi_reads(
-            resource="CareTeamMember", rows=[(r["id"], r["patient"]) for r in response.data["results"]]
+        return paginate(
+            self, request, members, "-period_start", s.CareTeamMemberSerializer, audit="CareTeamMember"
         )
-        return response
 
     @extend_schema(
         parameters=[PURPOSE_HEADER],
@@ -296,11 +306,7 @@ class EncounterListView(ClinicalView):
                     {"documentation_required": ["Must be true or false."]},
                 )
             encounters = encounters.filter(documentation_required=flag.lower() in ("true", "1"))
-        response = paginate(self, request, encounters, "-scheduled_at", s.EncounterSerializer)
-        services.record_phi_reads(
-            resource="Encounter", rows=[(r["id"], r["patient"]) for r in response.data["results"]]
-        )
-        return response
+        return paginate(self, request, encounters, "-scheduled_at", s.EncounterSerializer, audit="Encounter")
 
     @extend_schema(
         parameters=[PURPOSE_HEADER],
@@ -371,11 +377,7 @@ class EncounterNotesView(ClinicalView):
     def get(self, request: Request, encounter_id: uuid.UUID) -> Response:
         encounter = services.get_encounter_for_user(encounter_id)
         notes = ClinicalNote.objects.filter(encounter=encounter)
-        response = paginate(self, request, notes, "-created_at", s.NoteSerializer)
-        services.record_phi_reads(
-            resource="ClinicalNote", rows=[(r["id"], encounter.patient_id) for r in response.data["results"]]
-        )
-        return response
+        return paginate(self, request, notes, "-created_at", s.NoteSerializer, audit="ClinicalNote")
 
     @extend_schema(
         parameters=[PURPOSE_HEADER], request=s.NoteBodySerializer, responses={201: s.NoteSerializer}
@@ -452,11 +454,9 @@ class BreakGlassListView(ClinicalView):
         summary="Break-glass accesses: the privacy officer's list (a practitioner sees their own)",
     )
     def get(self, request: Request) -> Response:
-        response = paginate(self, request, BreakGlass.objects.all(), "-opened_at", s.BreakGlassSerializer)
-        services.record_phi_reads(
-            resource="BreakGlass", rows=[(r["id"], r["patient"]) for r in response.data["results"]]
+        return paginate(
+            self, request, BreakGlass.objects.all(), "-opened_at", s.BreakGlassSerializer, audit="BreakGlass"
         )
-        return response
 
     @extend_schema(
         parameters=[PURPOSE_HEADER],
