@@ -15,10 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,6 +23,7 @@ import pytest
 from clinic.models import Encounter
 from tenancy.context import tenant_context
 from tests.conftest import PASSWORD
+from tests.video.test_aiortc_call import uvicorn_server
 from tests.video.test_signalling import committed, visit
 
 # Outside CI a developer without a browser skips these; in CI (CI=true) a missing browser is a failure.
@@ -91,62 +89,10 @@ def turn(tmp_path_factory):
 @pytest.fixture(scope="module")
 def asgi_server(turn, tmp_path_factory):
     """uvicorn on a free loopback port with the test database's environment (config/devstack.py)."""
-    port = free_port()
-    env = dict(os.environ)
-    env.update(
-        {
-            "DJANGO_SECURE_COOKIES": "false",  # plain http on loopback names only (settings allow that)
-            "PYTHONUNBUFFERED": "1",
-            "VIDEO_GRACE_SECONDS": "120",
-        }
-    )
-    for name in ("TURN_SHARED_SECRETS", "TURN_URLS"):
-        env.pop(name, None)
-    if turn:
-        env.update({k: v for k, v in turn.items() if k.startswith("TURN_")})
     log = tmp_path_factory.mktemp("uvicorn") / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "config.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-server-header",
-                "--log-level",
-                "warning",
-            ],
-            env=env,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"uvicorn exited ({process.returncode}):\n{log.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"uvicorn did not answer within 30 s:\n{log.read_text()[-4000:]}")
-            time.sleep(0.1)
+    turn_env = {k: v for k, v in (turn or {}).items() if k.startswith("TURN_")}
+    with uvicorn_server(log, turn_env) as port:
         yield {"port": port, "log": log}
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
 
 
 @pytest.fixture
