@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench install clean manage
+.PHONY: run test lint bench install clean manage cluster cluster-scale drills
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -13,12 +13,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# checkov (the manifests' static security scan) pins old versions of packages the app uses, so it gets a venv
+# of its own; tests/deploy finds it at $(CHECKOV).
+CHECKOV := .venv-checkov/bin/checkov
+$(CHECKOV):
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/python -m pip install --quiet --upgrade pip
+	.venv-checkov/bin/python -m pip install --quiet 'checkov>=3.2,<4'
+
 install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/python -m config.devstack run
 
-test: $(STAMP)
+test: $(STAMP) $(CHECKOV)
 	$(BIN)/python -m config.devstack test $(PYTEST_ARGS)
 
 bench: $(STAMP)
@@ -34,4 +42,20 @@ lint: $(STAMP)
 	DJANGO_DEBUG=true $(BIN)/mypy .
 
 clean:
-	rm -rf $(VENV) .data .bench *.egg-info
+	rm -rf $(VENV) .venv-checkov .data .bench *.egg-info
+
+# A production-shaped cluster on loopback: nginx, WORKERS uvicorn workers (default 2), PgBouncer in transaction
+# mode, PostgreSQL, Redis, OpenBao, coturn and the audit shipper (config/cluster.py), on CLUSTER_PORT (8080).
+WORKERS ?= 2
+CLUSTER_PORT ?= 8080
+cluster: $(STAMP)
+	$(BIN)/python -m config.cluster up --workers $(WORKERS) --port $(CLUSTER_PORT)
+
+# The isolation suite again through PgBouncer (transaction mode), then the failure drills and the clinic-day
+# load test (tests/drills), each against a loopback cluster of its own. .ci/run calls it after make test.
+drills: $(STAMP)
+	$(BIN)/python -m config.devstack drills $(PYTEST_ARGS)
+
+# Change the running cluster's number of workers without restarting anything: make cluster-scale WORKERS=3
+cluster-scale: $(STAMP)
+	$(BIN)/python -m config.cluster scale $(WORKERS)

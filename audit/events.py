@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
 from tenancy.context import current, tenant_context
 from tenancy.errors import ServiceUnavailable
@@ -254,6 +254,8 @@ def emit_many(batch: list[AuditEvent]) -> None:
             # Outside a request (a command, a key operation): record them in a transaction of their own.
             with tenant_context(org_id=uuid.UUID(org_id), role="platform", request_id=batch[0].request_id):
                 _insert([event for event in batch if event.org_id == org_id])
+    except (OperationalError, InterfaceError):
+        raise  # the database itself is unreachable: an outage (503 database_unavailable), not the outbox's fault
     except DatabaseError as exc:
         raise ServiceUnavailable(
             "audit", "The audit log cannot record this access; try again shortly."

@@ -246,6 +246,7 @@ def checkpoint(org_id: uuid.UUID, signer: CheckpointSigner | None = None, force:
             writer.rollback()
             return None
         root = head.frontier.root()
+        _check_against_published(org_id, head.size, root, reader)
         existing = reader.execute(
             "SELECT root FROM audit_tree_head WHERE org_id = %s AND size = %s", [org_id, head.size]
         ).fetchone()
@@ -274,6 +275,51 @@ def checkpoint(org_id: uuid.UUID, signer: CheckpointSigner | None = None, force:
     return note
 
 
+class ForkedLogError(RuntimeError):
+    """The audit database no longer extends the checkpoint published outside it (a restore from an older
+    backup, or tampering). Signing now would put two different trees under one origin: stop instead."""
+
+
+def _check_against_published(org_id, size: int, root: bytes, reader) -> None:
+    """Compare the log about to be signed with the last checkpoint in the file drop, which lives outside the
+    audit database and survives its restore (deploy/RUNBOOK.md: backup and point-in-time restore)."""
+    if not settings.AUDIT_CHECKPOINT_DIR:
+        return
+    published = Path(settings.AUDIT_CHECKPOINT_DIR) / f"{org_id}.checkpoint"
+    if not published.exists():
+        return
+    checkpoint, _ = tlog.parse_checkpoint(published.read_text())
+    if checkpoint.size > size:
+        raise ForkedLogError(
+            f"audit log {org_id}: the published checkpoint covers {checkpoint.size} entries but the audit "
+            f"database holds {size}. It was restored from an older backup or entries were removed; "
+            "refusing to sign. See deploy/RUNBOOK.md (restoring the audit database)."
+        )
+    known: bytes | None = root
+    if checkpoint.size != size:
+        row = reader.execute(
+            "SELECT root FROM audit_tree_head WHERE org_id = %s AND size = %s", [org_id, checkpoint.size]
+        ).fetchone()
+        if row is not None:
+            known = bytes(row[0])
+        else:
+            # No head of that size in the database (it was signed after the backup this database was restored
+            # from, and the backlog has since carried the log past it): recompute it from the leaves.
+            leaves = [
+                bytes(leaf)
+                for (leaf,) in reader.execute(
+                    "SELECT leaf FROM audit_entry WHERE org_id = %s AND seq < %s ORDER BY seq",
+                    [org_id, checkpoint.size],
+                )
+            ]
+            known = tlog.root(leaves)
+    if known is not None and known != checkpoint.root:
+        raise ForkedLogError(
+            f"audit log {org_id}: at size {checkpoint.size} the audit database's tree differs from the "
+            "published checkpoint; refusing to sign. See deploy/RUNBOOK.md (restoring the audit database)."
+        )
+
+
 def publish_checkpoint(org_id, note: str) -> None:
     """The file drop: the latest checkpoint of each organization, for auditors and witnesses to collect."""
     if not settings.AUDIT_CHECKPOINT_DIR:
@@ -293,4 +339,11 @@ def logged_orgs() -> list[uuid.UUID]:
 
 def checkpoint_all(signer: CheckpointSigner | None = None, force: bool = False) -> int:
     signer = signer or CheckpointSigner()
-    return sum(1 for org_id in logged_orgs() if checkpoint(org_id, signer, force=force))
+    signed = 0
+    for org_id in logged_orgs():
+        try:
+            signed += 1 if checkpoint(org_id, signer, force=force) else 0
+        except ForkedLogError as exc:
+            # One organization's log needs an operator (RUNBOOK); the others keep being signed.
+            logger.error("%s", exc)
+    return signed

@@ -327,15 +327,24 @@ def print_welcome(port: str) -> None:
     print("\n".join(lines), flush=True)
 
 
+def fresh_test_stack(pg: Postgres, vault: Vault, dbname: str) -> dict:
+    """Start PostgreSQL and OpenBao, recreate the test database and its audit database: the environment."""
+    env = stack_environment(pg.start(), dbname, debug=False)
+    env.update(vault.start())
+    recreate_databases(env)
+    return env
+
+
+def recreate_databases(env: dict) -> None:
+    manage(env, "bootstrap_db", "--recreate")
+    manage(env, "bootstrap_audit_db", "--recreate")
+
+
 def cmd_pytest(args: list[str], dbname: str) -> int:
     pg = Postgres()
     vault = Vault(persistent=False, workdir=DATA / f"openbao-{dbname}")
     try:
-        admin_url = pg.start()
-        env = stack_environment(admin_url, dbname, debug=False)
-        env.update(vault.start())
-        manage(env, "bootstrap_db", "--recreate")
-        manage(env, "bootstrap_audit_db", "--recreate")
+        env = fresh_test_stack(pg, vault, dbname)
         result = subprocess.run([PYTHON, "-m", "pytest", *args], env=env, cwd=ROOT)
         return result.returncode
     except KeyboardInterrupt:
@@ -345,9 +354,74 @@ def cmd_pytest(args: list[str], dbname: str) -> int:
         pg.stop()
 
 
+# The tenant isolation suite: what `make drills` runs a second time with the workers' connections going through
+# PgBouncer in transaction mode, where one server connection serves many requests in turn.
+ISOLATION_SUITE = [
+    "tests/tenancy",
+    "tests/clinic/test_cross_org.py",
+    "tests/clinic/test_access.py",
+    "tests/video/test_signalling.py",
+]
+
+
+def cmd_drills(args: list[str], dbname: str) -> int:
+    """`make drills`: the isolation suite through PgBouncer, then the failure drills and the load test
+    (tests/drills), each against a loopback cluster of its own."""
+    from config.cluster import pgbouncer_service
+
+    pg = Postgres()
+    vault = Vault(persistent=False, workdir=DATA / f"openbao-{dbname}")
+    bouncer = None
+    try:
+        env = fresh_test_stack(pg, vault, dbname)
+        import psycopg
+
+        info = psycopg.conninfo.conninfo_to_dict(env["DATABASE_URL"])
+        host, port = str(info.get("host") or "/var/run/postgresql"), info.get("port") or 5432
+        workdir = DATA / f"pgbouncer-suite-{dbname}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        workdir.chmod(0o755)
+        run_as = pg.server.system_user if pg.server is not None else None
+        bouncer, bouncer_port = pgbouncer_service(
+            workdir / "conf",
+            workdir,
+            databases={dbname: f"host={host} port={port} dbname={dbname}"},
+            users={str(info["user"]): str(info["password"])},
+            pool_size=4,
+            run_as=run_as,
+        )
+        bouncer.start()
+        pooled = {
+            **env,
+            "DATABASE_URL": role_url(
+                f"postgresql://x@127.0.0.1:{bouncer_port}/x", str(info["user"]), str(info["password"]), dbname
+            ),
+            "DATABASE_TRANSACTION_POOLER": "true",
+        }
+        log(
+            f"Isolation suite through PgBouncer (transaction mode, 4 server connections) on port {bouncer_port}"
+        )
+        first = subprocess.run([PYTHON, "-m", "pytest", *ISOLATION_SUITE, "-q"], env=pooled, cwd=ROOT)
+        bouncer.stop()
+        bouncer = None
+        log("Failure drills and the clinic-day load test (tests/drills), each against its own cluster")
+        recreate_databases(env)
+        second = subprocess.run(
+            [PYTHON, "-m", "pytest", "tests/drills", "-m", "drill", *args], env=env, cwd=ROOT
+        )
+        return first.returncode or second.returncode
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if bouncer is not None:
+            bouncer.stop()
+        vault.stop()
+        pg.stop()
+
+
 def main(argv: list[str]) -> int:
     if not argv:
-        print("usage: python -m config.devstack run|test|bench [pytest args]", file=sys.stderr)
+        print("usage: python -m config.devstack run|test|bench|drills|manage [args]", file=sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]
     if command == "run":
@@ -356,6 +430,8 @@ def main(argv: list[str]) -> int:
         return cmd_manage(rest)
     if command == "test":
         return cmd_pytest(rest, os.environ.get("TEST_DATABASE_NAME", "telemed_test"))
+    if command == "drills":
+        return cmd_drills(rest, os.environ.get("TEST_DATABASE_NAME", "telemed_drills"))
     if command == "bench":
         return cmd_pytest(["tests/bench", "-p", "no:randomly", "-m", "bench", *rest], "telemed_bench")
     print(f"unknown command {command!r}", file=sys.stderr)

@@ -144,12 +144,22 @@ TEMPLATES = [
 ]
 
 
+# True when DATABASE_URL points at PgBouncer (or another pooler) in transaction mode. The tenant context is
+# transaction-local (tenancy/context.py), so nothing else about a request depends on its server connection.
+TRANSACTION_POOLER = env_bool("DATABASE_TRANSACTION_POOLER", False)
+
+
 def _database(url: str) -> dj_database_url.DBConfig:
     config = dj_database_url.parse(url, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60))
     config["ATOMIC_REQUESTS"] = True
     config["CONN_HEALTH_CHECKS"] = True
     config.setdefault("OPTIONS", {})
     config["OPTIONS"].setdefault("connect_timeout", 5)
+    if TRANSACTION_POOLER:
+        # PgBouncer in transaction mode hands each transaction any server connection: no named prepared
+        # statements (psycopg prepares after 5 runs) and no server-side cursors, which outlive a transaction.
+        config["OPTIONS"]["prepare_threshold"] = None
+        config["DISABLE_SERVER_SIDE_CURSORS"] = True
     return config
 
 
@@ -189,8 +199,26 @@ API_TOKEN_TTL_MINUTES = env_int("API_TOKEN_TTL_MINUTES", 60)
 # Channels: Redis when REDIS_URL is set (several workers), else in-memory for one process.
 REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
+    from video.session import reconnect_once
+
+    # Each consumer waits for its messages with a blocking BZPOPMIN of 5 s (channels_redis' brpop_timeout);
+    # redis-py's default read timeout is also 5 s since 8.0, so an idle signalling socket lost that race and
+    # its consumer died with a TimeoutError. The read timeout must outlast the blocking pop. The retry
+    # replaces the pool's dead connections after a Redis restart (video/session.py).
     CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": 15,
+                        "socket_connect_timeout": 2,
+                        "retry": reconnect_once(),
+                    }
+                ]
+            },
+        }
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
@@ -294,6 +322,10 @@ AUDIT_MAX_LAG_SECONDS = env_int("AUDIT_MAX_LAG_SECONDS", 120)
 
 # Video: how long a dropped participant is held before the visit is flagged for documentation.
 VIDEO_GRACE_SECONDS = float(os.environ.get("VIDEO_GRACE_SECONDS", "120"))
+# Every worker heartbeats the signalling sockets it holds this often; a participant without a heartbeat for
+# three intervals (its worker died) is swept as a drop by whichever worker sweeps next (video/liveness.py).
+VIDEO_HEARTBEAT_SECONDS = float(os.environ.get("VIDEO_HEARTBEAT_SECONDS", "10"))
+VIDEO_SWEEP_SECONDS = float(os.environ.get("VIDEO_SWEEP_SECONDS", "5"))
 
 # TURN (video/turn.py, deploy/coturn/): short-lived REST-API credentials for coturn's use-auth-secret.
 # The first secret signs; coturn accepts every secret it lists, so a rotation adds the new one there first.

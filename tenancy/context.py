@@ -100,7 +100,9 @@ def _set_config(connection, pairs: list[str]) -> None:
     signed context in the query text that every session of the runtime role can read in pg_stat_activity."""
     connection.ensure_connection()
     calls = ", ".join(["set_config(%s, %s, true)"] * (len(pairs) // 2))
-    with psycopg.Cursor(connection.connection) as cursor:
+    # A raw cursor's errors are psycopg's own: wrapped, a lost connection is Django's OperationalError (an
+    # outage the API answers 503 database_unavailable) and marks the connection for replacement.
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(f"SELECT {calls}", pairs)
 
 

@@ -7,10 +7,20 @@ database-level rejections of a value all answer 400 with this body.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
+import psycopg
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, ValidationError
-from django.db import DatabaseError, DataError, IntegrityError
+from django.db import (
+    DatabaseError,
+    DataError,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    OperationalError,
+    connections,
+)
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -36,6 +46,36 @@ class ServiceUnavailable(ApiError):
     def __init__(self, dependency: str, message: str):
         super().__init__("service_unavailable", message, status.HTTP_503_SERVICE_UNAVAILABLE, {})
         self.dependency = dependency
+
+
+# A database that cannot be reached: Django's wrappers, and psycopg's own from the raw audit-database connections.
+DATABASE_OUTAGE = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
+
+
+def is_database_outage(exc: BaseException | None) -> bool:
+    """DATABASE_OUTAGE, or an InternalError on a connection that broke under it: psycopg reports a connection
+    lost during its own BEGIN as "received 2 results from command 'BEGIN'" (PgBouncer's "server conn
+    crashed?" and libpq's connection-lost error), which is the same outage, not a bug."""
+    if isinstance(exc, DATABASE_OUTAGE):
+        return True
+    if isinstance(exc, (InternalError, psycopg.InternalError)):
+        raw = connections["default"].connection
+        return bool(raw is not None and getattr(raw, "broken", False))
+    return False
+
+
+DATABASE_UNAVAILABLE = (
+    "database_unavailable",
+    "The clinic's records are temporarily unavailable. Nothing was saved; try again shortly.",
+)
+
+
+def database_unavailable() -> JsonResponse:
+    """PostgreSQL unreachable or restarting. ATOMIC_REQUESTS rolled the request back, so "nothing was saved"
+    is true; 503 with Retry-After tells clients and nginx the failure is transient."""
+    response = json_error(*DATABASE_UNAVAILABLE, 503)
+    response["Retry-After"] = "5"
+    return response
 
 
 def error_body(code: str, message: str, fields: dict | None = None) -> dict[str, Any]:
@@ -113,6 +153,13 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
             error_body("conflict", "The request conflicts with existing data."),
             status=status.HTTP_409_CONFLICT,
         )
+    elif is_database_outage(exc):
+        logger.warning("database unavailable: %s", exc)
+        return Response(
+            error_body(*DATABASE_UNAVAILABLE),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "5"},
+        )
     elif isinstance(exc, KeyServiceError):
         # Vault unreachable, a refused credential, or the organization's key gone: never plaintext, never a guess.
         logger.warning("key service unavailable: %s", exc)
@@ -188,6 +235,10 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonR
 
 
 def server_error(request: HttpRequest) -> JsonResponse:
+    # Django calls this inside its except block: a lost database connection raised by a middleware (the
+    # host lookup, the session) is an outage to report as one, not a bug.
+    if is_database_outage(sys.exc_info()[1]):
+        return database_unavailable()
     return json_error("internal_error", "The server could not complete the request.", 500)
 
 

@@ -1,8 +1,14 @@
 """Liveness and readiness.
 
 `/healthz` answers while the process runs. `/readyz` checks the database and every configured dependency
-(Redis when REDIS_URL is set, Vault when VAULT_ADDR is set, and whatever other apps register) and answers 503
-naming each one that is not reachable, so a load balancer stops sending traffic and an operator sees why.
+(Redis when REDIS_URL is set, Vault when VAULT_ADDR is set, and whatever other apps register, such as the
+audit outbox's age) and names each one that fails.
+
+Only a *required* check (the database: without it a worker can serve nothing) makes it answer 503. The others
+are shared by every worker, so failing readiness on them would take every pod out of the load balancer at once
+and turn a partial outage (Vault down: warm keys still serve; Redis down: records still work, video does not)
+into a total one. For those it answers 200 with `"status": "degraded"` and the same per-check detail, which is
+what monitoring alerts on (deploy/RUNBOOK.md).
 """
 
 from __future__ import annotations
@@ -20,10 +26,15 @@ logger = logging.getLogger(__name__)
 
 Check = Callable[[], str | None]  # returns None when healthy, else a short reason
 _checks: dict[str, Check] = {}
+_required: set[str] = set()
 
 
-def register_check(name: str, check: Check) -> None:
+def register_check(name: str, check: Check, *, required: bool = False) -> None:
     _checks[name] = check
+    if required:
+        _required.add(name)
+    else:
+        _required.discard(name)
 
 
 # Figures shown by /readyz and exported by /metrics (e.g. the age of the oldest unshipped audit event).
@@ -72,7 +83,18 @@ def _redis() -> str | None:
 
 
 def _vault() -> str | None:
-    return _vault_at(settings.VAULT_ADDR)
+    problem = _vault_at(settings.VAULT_ADDR)
+    if problem is not None:
+        return problem
+    # Reachable is not enough: a revoked token or an expired AppRole secret id leaves Vault healthy while
+    # every cold organization's read fails. Look the application's own token up (logging in first if due).
+    from .crypto.vault import app_client
+
+    try:
+        app_client().token_info()
+    except Exception as exc:  # any refusal is the report, whatever hvac raised
+        return f"the application's Vault credential was refused: {type(exc).__name__}: {str(exc)[:120]}"
+    return None
 
 
 def _vault_at(addr: str) -> str | None:
@@ -85,7 +107,7 @@ def _vault_at(addr: str) -> str | None:
         return None if exc.code in (429, 472, 473) else f"status {exc.code}"
 
 
-register_check("database", _database)
+register_check("database", _database, required=True)
 if settings.REDIS_URL:
     register_check("redis", _redis)
 if settings.VAULT_ADDR:
@@ -117,17 +139,18 @@ def readyz(request: HttpRequest) -> JsonResponse:
             results[name]["error"] = problem
             failing.append(name)
     if failing:
+        down = any(name in _required for name in failing)
         return JsonResponse(
             {
-                "status": "unavailable",
+                "status": "unavailable" if down else "degraded",
                 "error": {
                     "code": "dependency_unavailable",
-                    "message": f"Not ready: {', '.join(failing)} unreachable.",
+                    "message": f"{'Not ready' if down else 'Degraded'}: {', '.join(failing)} unreachable.",
                     "fields": {name: [results[name]["error"]] for name in failing},
                 },
                 "checks": results,
                 "gauges": _gauge_values(),
             },
-            status=503,
+            status=503 if down else 200,
         )
     return JsonResponse({"status": "ok", "checks": results, "gauges": _gauge_values()})

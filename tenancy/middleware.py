@@ -17,7 +17,7 @@ from django.core.exceptions import DisallowedHost
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
 
-from .errors import json_error
+from .errors import database_unavailable, json_error
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +97,10 @@ class OrganizationByHostMiddleware:
         try:
             org_id = org_id_for_host(hostname.lower().rstrip("."))
         except (OperationalError, InterfaceError):
-            # The database is unreachable: say so (503, as /readyz does) rather than answer 500.
+            # The database is unreachable: say so (503, as /readyz does) rather than answer 500, with the same
+            # code and Retry-After as an outage met later in the request.
             logger.exception("database unavailable while resolving the host")
-            return json_error(
-                "service_unavailable", "The service is temporarily unavailable; try again shortly.", 503
-            )
+            return database_unavailable()
         if org_id is None:
             return json_error("unknown_host", "No organization is served at this host.", 404)
         request.org_id = org_id  # type: ignore[attr-defined]

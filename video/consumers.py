@@ -3,31 +3,40 @@
 The consumer translates between the socket and video.services / video.session; it holds no state another
 worker would need: participants, resume tokens and every participant's numbered message stream live in the
 session store, so a client may resume on any worker.
+
+Without Redis (the session store and the channel layer) there is no signalling: every socket is told
+`signalling_unavailable` and closed with 4503, the visit itself stays as it is in PostgreSQL, and a
+participant who was in the call has the interruption recorded in the encounter's timeline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 import uuid
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from redis.exceptions import RedisError
 
-from . import services
+from . import liveness, services
 from .session import Participant, get_store
 
 RELAYED = {"offer", "answer", "candidate", "ice_restart"}
 MAX_MESSAGE_BYTES = 64 * 1024
+SIGNALLING_UNAVAILABLE = 4503  # Redis unreachable: try again shortly (the client reconnects with backoff)
+
+logger = logging.getLogger(__name__)
 
 
 def _group(encounter: str) -> str:
     return f"video.{encounter}"
 
 
-def _user_group(encounter: str, user: str) -> str:
-    return f"video.{encounter}.{user}"
+_user_group = liveness.user_group
 
 
 def turn_for(user_id: str) -> dict | None:
@@ -44,6 +53,42 @@ def turn_for(user_id: str) -> dict | None:
 class SignalConsumer(AsyncJsonWebsocketConsumer):
     caller: services.Caller | None = None
     seat: services.Seat | None = None
+    joined = False  # welcomed into the call (not merely refused or still connecting)
+
+    async def __call__(self, scope, receive, send) -> None:
+        # Redis fails under any handler (the store) or under the channel layer's receive loop, which
+        # Channels runs outside them: both end here rather than as a 1011 with a stack trace.
+        try:
+            await super().__call__(scope, receive, send)
+        except RedisError as exc:
+            await self.signalling_unavailable(exc)
+        finally:
+            liveness.release(getattr(self, "connection_id", ""))  # however it ended, even cancelled
+
+    async def signalling_unavailable(self, exc: Exception) -> None:
+        encounter = getattr(self, "encounter_id", "?")
+        logger.warning(
+            "video signalling unavailable for encounter %s: %s: %s", encounter, type(exc).__name__, exc
+        )
+        with contextlib.suppress(Exception):  # the client may be gone already
+            await self.send_json(
+                {
+                    "type": "error",
+                    "seq": 0,
+                    "code": "signalling_unavailable",
+                    "message": "Video signalling is temporarily unavailable; reconnecting shortly.",
+                }
+            )
+            await self.close(code=SIGNALLING_UNAVAILABLE)
+        if self.joined and self.seat is not None and self.caller is not None:
+            # Redis cannot hold the drop (nor run its grace period), so the timeline records the
+            # interruption; the encounter itself is untouched and the participants join again afterwards.
+            try:
+                await database_sync_to_async(services.record)(
+                    self.caller, self.seat, "interrupted", self.encounter_id, reason="signalling_unavailable"
+                )
+            except Exception:
+                logger.exception("could not record the interruption of encounter %s", self.encounter_id)
 
     # -- connecting ----------------------------------------------------------------------------------
 
@@ -51,6 +96,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
         self.encounter_id = self.scope["url_route"]["kwargs"]["encounter_id"]
         self.connection_id = uuid.uuid4().hex
         self.sent = 0
+        liveness.ensure_running()  # this process's heartbeats and sweeper (video/liveness.py)
         await self.accept()
         query = {k: v[-1] for k, v in parse_qs(self.scope.get("query_string", b"").decode()).items()}
         self.caller = await database_sync_to_async(services.authenticate)(self.scope)
@@ -92,6 +138,11 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
                 _user_group(self.encounter_id, self.user), {"type": "video.evict", "keep": self.connection_id}
             )
         admitted = self.seat.admitted or self.seat.role == "practitioner" or bool(mine and mine.admitted)
+        # Heartbeats for this socket (video/liveness.py) start before it is marked connected.
+        await liveness.hold(
+            self.connection_id,
+            liveness.participant_key(str(self.caller.org_id), self.encounter_id, self.user),
+        )
         await store.put_participant(
             self.encounter_id,
             Participant(
@@ -117,6 +168,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
             # A fresh join starts at the end of the stream: nothing from an earlier connection is replayed.
             self.sent = await store.last_seq(self.encounter_id, self.user)
         await self.welcome(resumed)
+        self.joined = True
         if resumed:
             await self.flush()
             await self.broadcast({"type": "restart_ice", "reason": "resumed", "user": self.user})
@@ -207,7 +259,34 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
     async def video_close(self, event) -> None:
         await self.close(code=event.get("code", 4000))
 
+    async def video_lost(self, event) -> None:
+        """A sweeper took this socket for lost (this worker's heartbeat stopped, so it was stalled) and told
+        the others it dropped: closed, so that the client resumes (video/liveness.py)."""
+        if event.get("connection") == self.connection_id:
+            liveness.release(self.connection_id)
+            await self.close(code=liveness.LOST)
+
     # -- messages from the client --------------------------------------------------------------------
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
+        """Frames are parsed here, before the JSON layer: an oversized, binary or malformed frame gets an
+        error and is dropped, never a crashed consumer (which would cut the visit's socket)."""
+        if self.seat is None or self.caller is None:
+            return
+        if text_data is None:
+            await self.error("invalid_message", "Signalling messages are JSON text frames.")
+            return
+        if len(text_data) > MAX_MESSAGE_BYTES:
+            await self.error(
+                "message_too_large", f"A signalling message is at most {MAX_MESSAGE_BYTES} bytes."
+            )
+            return
+        try:
+            content = await self.decode_json(text_data)
+        except ValueError:
+            await self.error("invalid_message", "Each message is a JSON object with a type.")
+            return
+        await self.receive_json(content, **kwargs)
 
     async def receive_json(self, content, **kwargs) -> None:
         if self.seat is None or self.caller is None:
@@ -217,6 +296,9 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
             return
         kind = content["type"]
         if kind == "ping":
+            # Also send whatever the stream holds that this socket has not sent: a flush notice lost in the
+            # channel layer (channels_redis drops messages to a full channel) then costs one ping interval.
+            await self.flush()
             await self.send_json({"type": "pong", "seq": 0, "at": time.time()})
             return
         if kind == "ack":
@@ -314,6 +396,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
     # -- dropping ------------------------------------------------------------------------------------
 
     async def disconnect(self, code) -> None:
+        liveness.release(getattr(self, "connection_id", ""))
         if self.seat is None or self.caller is None:
             return
         await self.channel_layer.group_discard(_group(self.encounter_id), self.channel_name)
@@ -323,6 +406,11 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
         if me is None or me.connection != self.connection_id or me.status != "connected":
             return
         dropped_at = time.time()
+        due = dropped_at + services.grace_seconds()
+        drop = liveness.drop_key(str(self.caller.org_id), self.encounter_id, self.user, dropped_at)
+        # Recorded before the participant is marked dropped: if this worker dies before the grace period is
+        # over, another worker's sweeper settles the drop (video/liveness.py).
+        await store.watch_drop(drop, due)
         await store.put_participant(
             self.encounter_id,
             Participant(
@@ -347,30 +435,14 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
             },
             exclude_self=True,
         )
-        asyncio.get_running_loop().create_task(
-            watch_grace(
-                self.channel_layer, str(self.caller.org_id), self.encounter_id, self.user, me.role, dropped_at
-            )
-        )
+        asyncio.get_running_loop().create_task(watch_grace(self.channel_layer, drop, due))
 
 
-async def watch_grace(layer, org_id: str, encounter_id: str, user: str, role: str, dropped_at: float) -> None:
-    """After the grace period, a participant still dropped since `dropped_at` ends the visit as undocumented."""
-    await asyncio.sleep(services.grace_seconds())
-    store = get_store()
-    me = (await store.get_participants(encounter_id)).get(user)
-    if me is None or me.status != "dropped" or me.dropped_at != dropped_at:
-        return  # back in time (or left deliberately)
-    flagged = await database_sync_to_async(services.grace_expired)(org_id, encounter_id, user, role)
-    if flagged:
-        for p in (await store.get_participants(encounter_id)).values():
-            await store.append(
-                encounter_id,
-                p.user_id,
-                {
-                    "type": "state",
-                    "documentation_required": True,
-                    "encounter": {"id": encounter_id, "status": "finished"},
-                },
-            )
-            await layer.group_send(_user_group(encounter_id, p.user_id), {"type": "video.flush"})
+async def watch_grace(layer, drop: str, due: float) -> None:
+    """After the grace period, a participant still dropped since this drop ends the visit as undocumented.
+    The timer of the worker that saw the socket close; should it die first, a sweeper settles the drop."""
+    await asyncio.sleep(max(0.0, due - time.time()))
+    try:
+        await liveness.settle(layer, drop, max(time.time(), due))
+    except Exception:
+        logger.exception("could not settle the drop %s (a sweeper tries again)", drop)

@@ -3,6 +3,7 @@ admitting, dropping and ending do to the encounter. Video reaches clinic data on
 
 from __future__ import annotations
 
+import datetime
 import time
 import uuid
 from dataclasses import dataclass
@@ -170,15 +171,44 @@ def end(caller: Caller, seat: Seat) -> str:
 
 
 def grace_expired(org_id: str, encounter_id: str, user_id: str, role: str) -> bool:
-    """The dropped participant did not come back: flag the encounter, never close it silently."""
+    """The dropped participant did not come back: flag the encounter, never close it silently. Checked under a
+    row lock: the worker's timer and a sweeper (video/liveness.py) settling at once flag it once."""
     with tenant_context(org_id=uuid.UUID(org_id), role="platform", purpose=PurposeOfUse.TREATMENT):
-        encounter = clinic.Encounter.objects.filter(pk=encounter_id).first()
+        encounter = clinic.Encounter.objects.select_for_update().filter(pk=encounter_id).first()
         if encounter is None or encounter.status not in ("in-progress", "arrived"):
             return False
         clinic.flag_documentation_required(
             encounter=encounter, reason=f"{role} dropped and did not return within the grace period"
         )
         return True
+
+
+def connection_lost(org_id: str, encounter_id: str, user_id: str, role: str, last_seen: float) -> None:
+    """A participant whose worker stopped vouching for the socket (killed, out of memory, its node lost, or
+    Redis unreachable when the socket closed), found by a sweeper (video/liveness.py): the audit event and
+    timeline entry of a drop the worker saw, with a reason and the last heartbeat instead of a close code."""
+    detail = {
+        "reason": "connection_lost",
+        "last_seen": datetime.datetime.fromtimestamp(last_seen, datetime.UTC).isoformat(),
+    }
+    with tenant_context(org_id=uuid.UUID(org_id), role="platform", purpose=PurposeOfUse.TREATMENT):
+        encounter = clinic.Encounter.objects.filter(pk=encounter_id).first()
+        if encounter is None:
+            return
+        clinic.record_phi_access(
+            action="video_interrupted",
+            resource="Encounter",
+            resource_id=encounter_id,
+            patient_id=encounter.patient_id,
+            outcome="success",
+            detail=detail,
+        )
+        me = (
+            Membership.objects.filter(org_id=encounter.org_id, user_id=user_id)
+            .defer("email", "display_name")
+            .first()
+        )
+        clinic.add_timeline_event(encounter, "video_interrupted", me, role=role, **detail)
 
 
 def grace_seconds() -> float:

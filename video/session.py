@@ -3,6 +3,11 @@
 Every message the server sends a participant is appended to that participant's stream with the next sequence
 number, so a client that reconnects gets exactly what it missed, on any worker. With REDIS_URL the state
 lives in Redis (several workers); without it, in this process's memory (one worker).
+
+The liveness records (video/liveness.py) live here too: the heartbeat of every socket a worker holds
+(`seen`, by participant key "<org>/<encounter>/<user>"), the drops whose grace period is running (`drops`,
+by drop key "<org>/<encounter>/<user>/<dropped_at>", scored by when the grace period ends) and the
+sweeper's lock.
 """
 
 from __future__ import annotations
@@ -11,11 +16,15 @@ import asyncio
 import json
 import secrets
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, replace
+from typing import cast
 
 from django.conf import settings
 
 STREAM_KEEP = 500  # messages kept per participant for replay
+SEEN = "video:liveness:seen"  # sorted set: participant key -> last heartbeat (epoch seconds)
+DROPS = "video:liveness:drops"  # sorted set: drop key -> end of its grace period (epoch seconds)
 
 
 @dataclass
@@ -35,6 +44,9 @@ class MemoryStore:
         self._seq: dict[tuple[str, str], int] = {}
         self._tokens: dict[str, tuple[dict, float]] = {}
         self._lock = asyncio.Lock()
+        self._seen: dict[str, float] = {}
+        self._drops: dict[str, float] = {}
+        self._locks: dict[str, tuple[str, float]] = {}
 
     async def get_participants(self, encounter: str) -> dict[str, Participant]:
         return {u: Participant(**p) for u, p in self._participants.get(encounter, {}).items()}
@@ -79,16 +91,137 @@ class MemoryStore:
             if claims.get("encounter") == encounter and claims.get("user") == user:
                 self._tokens.pop(token, None)
 
+    # -- liveness (video/liveness.py); nothing awaits between a read and its write, so each is atomic ----
+
+    async def now(self) -> float:
+        return time.time()
+
+    async def heartbeat(self, keys: Iterable[str], at: float | None = None) -> None:
+        self._seen.update(dict.fromkeys(keys, time.time() if at is None else at))
+
+    async def stale(self, before: float, limit: int) -> list[tuple[str, float]]:
+        return sorted(((k, v) for k, v in self._seen.items() if v < before), key=lambda kv: kv[1])[:limit]
+
+    async def forget_seen(self, key: str, seen_at: float) -> None:
+        if self._seen.get(key) == seen_at:
+            del self._seen[key]
+
+    async def drop_if_stale(
+        self, encounter: str, user: str, key: str, before: float, dropped_at: float
+    ) -> Participant | None:
+        raw = self._participants.get(encounter, {}).get(user)
+        seen_at = self._seen.get(key)
+        if raw is None or raw["status"] != "connected" or seen_at is None or seen_at >= before:
+            return None
+        me = Participant(**raw)
+        dropped = replace(me, connection="", status="dropped", dropped_at=dropped_at)
+        self._participants[encounter][user] = asdict(dropped)
+        return me
+
+    async def watch_drop(self, key: str, due: float) -> None:
+        self._drops[key] = due
+
+    async def due_drops(self, now: float, limit: int) -> list[tuple[str, float]]:
+        return sorted(((k, v) for k, v in self._drops.items() if v <= now), key=lambda kv: kv[1])[:limit]
+
+    async def claim_drop(self, key: str, now: float, lease: float) -> bool:
+        due = self._drops.get(key)
+        if due is None or due > now:
+            return False
+        self._drops[key] = now + lease
+        return True
+
+    async def drop_done(self, key: str) -> None:
+        self._drops.pop(key, None)
+
+    async def lock(self, name: str, holder: str, ttl: float) -> bool:
+        current = self._locks.get(name)
+        if current is not None and current[1] > time.time():
+            return False
+        self._locks[name] = (holder, time.time() + ttl)
+        return True
+
+    async def unlock(self, name: str, holder: str) -> None:
+        if self._locks.get(name, ("", 0.0))[0] == holder:
+            del self._locks[name]
+
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def reconnect_once():
+    """A connection error is retried once, on a fresh connection. After Redis restarts, every connection in the
+    pool is dead, and redis-py (8.x) hands them out without noticing: without the retry each one fails its
+    first command, long after Redis is back. Timeouts are not retried: the command may have run (an INCR run
+    twice would skip a sequence number)."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+
+
+# A due drop is claimed by moving its score to the end of a lease: whoever moved it settles it, and if that
+# worker dies first the lease runs out and the drop is due again.
+CLAIM = """
+local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if due and tonumber(due) <= tonumber(ARGV[2]) then
+    redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+    return 1
+end
+return 0
+"""
+BEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+for _, key in ipairs(ARGV) do
+    redis.call('ZADD', KEYS[1], now, key)
+end
+return 1
+"""
+# Removes a heartbeat only if no newer one replaced it meanwhile.
+FORGET_IF = """
+local seen = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if seen and tonumber(seen) == tonumber(ARGV[2]) then
+    return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+"""
+UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+# Numbers a participant's next message and stores it with its number, atomically. ARGV[1] is the message's JSON
+# object without "seq"; the stored member is the same object with "seq" first.
+APPEND = """
+local seq = redis.call('INCR', KEYS[1])
+local body = ARGV[1]
+local member
+if body == '{}' then
+    member = '{"seq": ' .. seq .. '}'
+else
+    member = '{"seq": ' .. seq .. ', ' .. string.sub(body, 2)
+end
+redis.call('ZADD', KEYS[2], seq, member)
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[2]) - 1)
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return seq
+"""
 
 
 class RedisStore:
     def __init__(self, url: str) -> None:
         import redis.asyncio as redis
 
-        self._redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self._redis = redis.Redis.from_url(
+            url, socket_timeout=2, socket_connect_timeout=2, retry=reconnect_once()
+        )
+        self._append = self._redis.register_script(APPEND)
 
     @staticmethod
     def _p(encounter: str) -> str:
@@ -103,11 +236,14 @@ class RedisStore:
         await self._redis.expire(self._p(encounter), 86400)
 
     async def append(self, encounter: str, user: str, message: dict) -> int:
-        seq = await self._redis.incr(f"video:seq:{encounter}:{user}")
-        key = f"video:stream:{encounter}:{user}"
-        await self._redis.zadd(key, {json.dumps({**message, "seq": seq}): seq})
-        await self._redis.zremrangebyrank(key, 0, -STREAM_KEEP - 1)
-        await self._redis.expire(key, 86400)
+        # One script, so numbering and storing are one step: as two round trips, a message numbered N+1 by
+        # one worker could be stored before N by another, a flush in between would read N+1 and move past N,
+        # and N was lost (the load test found it: an offer or answer never arrived).
+        body = json.dumps({k: v for k, v in message.items() if k != "seq"})
+        seq = await self._append(
+            keys=[f"video:seq:{encounter}:{user}", f"video:stream:{encounter}:{user}"],
+            args=[body, STREAM_KEEP, 86400],
+        )
         return int(seq)
 
     async def last_seq(self, encounter: str, user: str) -> int:
@@ -138,6 +274,78 @@ class RedisStore:
                 claims = json.loads(raw)
                 if claims.get("encounter") == encounter and claims.get("user") == user:
                     await self._redis.delete(key)
+
+    # -- liveness (video/liveness.py) ------------------------------------------------------------------
+
+    async def now(self) -> float:
+        """Redis's clock: heartbeats and sweeps on several hosts compare times from one clock."""
+        seconds, microseconds = await self._redis.time()
+        return seconds + microseconds / 1e6
+
+    async def heartbeat(self, keys: Iterable[str], at: float | None = None) -> None:
+        """Stamps the participants with Redis's time (or `at`), in one round trip."""
+        keys = list(keys)
+        if not keys:
+            return
+        if at is None:
+            await self._redis.eval(BEAT, 1, SEEN, *keys)
+        else:
+            await self._redis.zadd(SEEN, dict.fromkeys(keys, at))
+
+    async def stale(self, before: float, limit: int) -> list[tuple[str, float]]:
+        rows = await self._redis.zrangebyscore(
+            SEEN, "-inf", f"({before!r}", start=0, num=limit, withscores=True
+        )
+        return [(_text(k), float(v)) for k, v in cast(list[tuple[bytes, float]], rows)]
+
+    async def forget_seen(self, key: str, seen_at: float) -> None:
+        await self._redis.eval(FORGET_IF, 1, SEEN, key, repr(seen_at))
+
+    async def drop_if_stale(
+        self, encounter: str, user: str, key: str, before: float, dropped_at: float
+    ) -> Participant | None:
+        """Marks the participant dropped at `dropped_at` if they are still connected and their heartbeat is
+        still older than `before`: read and write under WATCH, so a resume that lands in between (it
+        heartbeats before it writes the participant) wins, and nothing else in the record is lost."""
+        from redis.exceptions import WatchError
+
+        async with self._redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(self._p(encounter))
+                raw = await pipe.hget(self._p(encounter), user)
+                seen_at = await pipe.zscore(SEEN, key)
+                if raw is None or seen_at is None or float(seen_at) >= before:
+                    return None
+                me = Participant(**json.loads(raw))
+                if me.status != "connected":
+                    return None
+                dropped = replace(me, connection="", status="dropped", dropped_at=dropped_at)
+                pipe.multi()
+                pipe.hset(self._p(encounter), user, json.dumps(asdict(dropped)))
+                await pipe.execute()
+            except WatchError:
+                return None  # the record changed meanwhile: the next sweep looks again
+        return me
+
+    async def watch_drop(self, key: str, due: float) -> None:
+        await self._redis.zadd(DROPS, {key: due})
+
+    async def due_drops(self, now: float, limit: int) -> list[tuple[str, float]]:
+        rows = await self._redis.zrangebyscore(DROPS, "-inf", repr(now), start=0, num=limit, withscores=True)
+        return [(_text(k), float(v)) for k, v in cast(list[tuple[bytes, float]], rows)]
+
+    async def claim_drop(self, key: str, now: float, lease: float) -> bool:
+        claimed = await self._redis.eval(CLAIM, 1, DROPS, key, repr(now), repr(now + lease))
+        return bool(claimed)
+
+    async def drop_done(self, key: str) -> None:
+        await self._redis.zrem(DROPS, key)
+
+    async def lock(self, name: str, holder: str, ttl: float) -> bool:
+        return bool(await self._redis.set(name, holder, nx=True, px=max(1, int(ttl * 1000))))
+
+    async def unlock(self, name: str, holder: str) -> None:
+        await self._redis.eval(UNLOCK, 1, name, holder)
 
 
 _store: MemoryStore | RedisStore | None = None

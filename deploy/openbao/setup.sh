@@ -25,6 +25,9 @@
 #   APP_SECRET_ID_TTL   secret id lifetime             (default 0 = until destroyed; the app logs in again with
 #                       the same secret id whenever its token reaches its maximum TTL, so a secret id must
 #                       outlive the workers that hold it)
+#   KUBERNETES_HOST     the Kubernetes API address; when set, enables Kubernetes auth and the Vault Agent roles
+#                       telemed-web, telemed-audit-shipper and telemed-turn with their k8s-*.hcl policies
+#   KUBERNETES_CA_FILE  the API server's CA certificate (PEM file) for that auth method
 #   ALLOW_NO_AUDIT=1    finish with status 0 even when no audit device is enabled (never in production)
 #
 # Exit status: 0 when done; 3 when everything was done except the audit device, which OpenBao 2.x only accepts
@@ -162,18 +165,40 @@ fi
 role=$("$BAO" read "auth/approle/role/$APP_ROLE")
 printf '%s\n' "$role" | grep -E '^(token_policies|token_ttl|token_max_ttl|token_type|secret_id_ttl|secret_id_bound_cidrs|token_bound_cidrs) '
 
-# Kubernetes auth instead of AppRole (commented out). The application itself logs in only with AppRole or
-# uses a static VAULT_TOKEN, which it cannot renew or replace; with Kubernetes auth, run an OpenBao Proxy
-# sidecar that logs in (auto_auth, method "kubernetes") and forwards the app's requests with its own token
-# (api_proxy { use_auto_auth_token = "force" }), and point VAULT_ADDR at the sidecar with any placeholder
-# VAULT_TOKEN. Not exercised by the test suite.
-#
-#   "$BAO" auth enable kubernetes
-#   "$BAO" write auth/kubernetes/config kubernetes_host="https://kubernetes.default.svc:443"
-#   "$BAO" write auth/kubernetes/role/telemed-app \
-#       bound_service_account_names=telemed-web bound_service_account_namespaces=telemed \
-#       token_policies=telemed-app token_type=service token_no_default_policy=true \
-#       token_ttl="$APP_TOKEN_TTL" token_max_ttl="$APP_TOKEN_MAX_TTL"
+# 5. Kubernetes auth for the Vault Agent injector (deploy/k8s), when KUBERNETES_HOST is set. The agents log in
+#    with their pods' service-account tokens and render the workloads' secrets (KV v2 under secret/telemed/)
+#    into memory; each role reads only its own workload's paths (k8s-*.hcl). The application's own Transit
+#    credential stays the AppRole above: the agent renders its role id and secret id from secret/telemed/app.
+if [ -n "${KUBERNETES_HOST:-}" ]; then
+  step "Kubernetes auth for the Vault Agent injector ($KUBERNETES_HOST)"
+  if [[ "$auth_methods" == *'"kubernetes/"'* ]]; then
+    echo "kubernetes already enabled"
+  else
+    "$BAO" auth enable kubernetes
+  fi
+  k8s_config=("kubernetes_host=$KUBERNETES_HOST")
+  if [ -n "${KUBERNETES_CA_FILE:-}" ]; then
+    k8s_config+=("kubernetes_ca_cert=@$KUBERNETES_CA_FILE")
+  fi
+  "$BAO" write auth/kubernetes/config "${k8s_config[@]}" >/dev/null
+  mounts=$("$BAO" secrets list -format=json)
+  if [[ "$mounts" != *'"secret/"'* ]]; then
+    "$BAO" secrets enable -path=secret -version=2 -description="telemed: workload secrets" kv
+  fi
+  # role name          service account          namespace      policy file
+  while read -r role account namespace policy; do
+    "$BAO" policy write "telemed-secrets-${policy}" "$HERE/k8s-${policy}.hcl" >/dev/null
+    "$BAO" write "auth/kubernetes/role/$role" \
+      bound_service_account_names="$account" bound_service_account_namespaces="$namespace" \
+      audience=vault token_policies="telemed-secrets-${policy}" token_no_default_policy=true \
+      token_ttl=5m token_max_ttl=10m >/dev/null
+    echo "role $role: service account $namespace/$account, policy telemed-secrets-${policy}"
+  done <<ROLES
+telemed-web telemed-web telemed web
+telemed-audit-shipper telemed-audit-shipper telemed shipper
+telemed-turn coturn telemed-turn turn
+ROLES
+fi
 
 step "Next steps"
 cat <<EOF

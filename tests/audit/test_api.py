@@ -72,3 +72,20 @@ def test_a_checkpoint_is_served_with_its_keys(clinics, api):
 
     checkpoint = tlog.verify_checkpoint(body["checkpoint"], tlog.keys_from_vkeys(body["keys"]))
     assert checkpoint.size == body["size"] >= 2
+
+
+def test_an_unreachable_audit_database_answers_503_not_500(clinics, api, alpha, settings):
+    """The audit database down (restarting, failed over): the auditor's search and the patient's access log
+    say so, with Retry-After, instead of a 500."""
+    settings.AUDIT_READER_DATABASE_URL = "postgresql://nobody@127.0.0.1:1/audit?connect_timeout=2"
+    auditor = api(alpha.host)
+    auditor.sign_in_token(alpha.email("auditor"))
+    response = auditor.get("/api/v1/audit/events")
+    assert response.status_code == 503, response.content
+    assert response.json()["error"]["code"] == "database_unavailable"
+    assert response["Retry-After"] == "5"
+    patient = api(alpha.host)
+    patient.sign_in_token(alpha.patients[0].email)  # a portal user with a record, so the log is searched
+    response = patient.get("/api/v1/me/access-log")
+    assert response.status_code == 503, response.content
+    assert response.json()["error"]["code"] == "database_unavailable"

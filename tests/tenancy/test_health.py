@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.test import override_settings
 
 from tenancy import health
@@ -27,14 +28,16 @@ CLOSED = "127.0.0.1:1"  # nothing listens on port 1
 @pytest.fixture
 def checks():
     """The registered checks, restored after the test whatever it registered."""
-    saved = dict(health._checks)
+    saved, required = dict(health._checks), set(health._required)
     yield health._checks
     health._checks.clear()
     health._checks.update(saved)
+    health._required.clear()
+    health._required.update(required)
 
 
-def assert_names(body: dict, *dependencies: str) -> None:
-    assert body["status"] == "unavailable"
+def assert_names(body: dict, *dependencies: str, status: str = "unavailable") -> None:
+    assert body["status"] == status
     error = body["error"]
     assert set(error) == {"code", "message", "fields"} and error["code"] == "dependency_unavailable"
     assert set(error["fields"]) == set(dependencies)
@@ -62,17 +65,18 @@ def test_readyz_names_an_unreachable_redis(api, clinics, checks):
     health.register_check("redis", health._redis)
     with override_settings(REDIS_URL=f"redis://{CLOSED}/0"):
         response = api("testserver").get("/readyz")
-    assert response.status_code == 503
+    # Shared by every worker: degraded, not unready, so the load balancer keeps the worker (module docstring).
+    assert response.status_code == 200
     assert response["Content-Type"].startswith("application/json")
-    assert_names(response.json(), "redis")
+    assert_names(response.json(), "redis", status="degraded")
 
 
 def test_readyz_names_an_unreachable_vault(api, clinics, checks):
     health.register_check("vault", health._vault)
     with override_settings(VAULT_ADDR=f"http://{CLOSED}"):
         response = api("testserver").get("/readyz")
-    assert response.status_code == 503
-    assert_names(response.json(), "vault")
+    assert response.status_code == 200
+    assert_names(response.json(), "vault", status="degraded")
 
 
 def test_readyz_names_every_dependency_that_is_down(api, clinics, checks):
@@ -80,15 +84,27 @@ def test_readyz_names_every_dependency_that_is_down(api, clinics, checks):
     health.register_check("vault", health._vault)
     with override_settings(REDIS_URL=f"redis://{CLOSED}/0", VAULT_ADDR=f"http://{CLOSED}"):
         response = api("testserver").get("/readyz")
+    assert response.status_code == 200
+    assert_names(response.json(), "redis", "vault", status="degraded")
+
+
+def test_readyz_is_503_when_a_required_dependency_fails_beside_degraded_ones(api, clinics, checks):
+    def broken_database():
+        return "connection refused"
+
+    health.register_check("database", broken_database, required=True)
+    health.register_check("vault", health._vault)
+    with override_settings(VAULT_ADDR=f"http://{CLOSED}"):
+        response = api("testserver").get("/readyz")
     assert response.status_code == 503
-    assert_names(response.json(), "redis", "vault")
+    assert_names(response.json(), "database", "vault")
 
 
 def test_a_check_that_raises_is_a_report_not_a_500(api, clinics, checks):
     def broken():
         raise RuntimeError("x" * 10_000)
 
-    health.register_check("broken", broken)
+    health.register_check("broken", broken, required=True)
     response = api("testserver").get("/readyz")
     assert response.status_code == 503
     assert_names(response.json(), "broken")
@@ -135,4 +151,22 @@ def test_with_the_database_unreachable_liveness_holds_and_readiness_names_it():
     assert_names(json.loads(body), "database")
     status, body = out["/api/v1/portal/branding"]
     assert status == 503, body
-    assert json.loads(body)["error"]["code"] == "service_unavailable"
+    assert json.loads(body)["error"]["code"] == "database_unavailable"
+
+
+def test_readyz_names_a_vault_that_is_up_but_refuses_the_applications_credential(api, clinics, checks):
+    """A revoked token or an expired secret id: Vault answers its health check, yet every cold read fails."""
+    from tenancy.crypto import vault
+
+    saved = (vault._app_client, vault._ops_client)
+    vault.set_clients(vault.VaultClient(settings.VAULT_ADDR, token="hvs.revoked-or-never-issued"), saved[1])
+    health.register_check("vault", health._vault)
+    try:
+        response = api("testserver").get("/readyz")
+    finally:
+        vault.set_clients(*saved)
+    assert response.status_code == 200
+    assert_names(response.json(), "vault", status="degraded")
+    assert "credential was refused" in response.json()["checks"]["vault"]["error"]
+    # And with the real credential the same check is green again.
+    assert api("testserver").get("/readyz").json()["checks"]["vault"]["status"] == "ok"

@@ -40,11 +40,11 @@ from aiortc import (
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 from websockets.asyncio import client as websockets_client
 
+from tests.tools import require_tool
 from tests.video.test_signalling import committed, visit
 from video.turn import prepare_local_turn, turnserver_binary
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-IN_CI = os.environ.get("CI") == "true"
 
 pytestmark = pytest.mark.django_db(transaction=False)
 
@@ -53,11 +53,7 @@ pytestmark = pytest.mark.django_db(transaction=False)
 
 
 def require_coturn() -> None:
-    if turnserver_binary() is None:
-        message = "turnserver is not installed (apt-get install coturn)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+    require_tool(turnserver_binary(), "turnserver is not installed (apt-get install coturn)")
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +84,15 @@ def free_port() -> int:
 def uvicorn_server(log: Path, env_overrides: dict[str, str], drop: tuple[str, ...] = ()) -> Iterator[int]:
     """uvicorn serving config.asgi on a free loopback port with the test database's environment; yields the
     port and stops the process afterwards."""
+    with uvicorn_process(log, env_overrides, drop) as (port, _):
+        yield port
+
+
+@contextlib.contextmanager
+def uvicorn_process(
+    log: Path, env_overrides: dict[str, str], drop: tuple[str, ...] = ()
+) -> Iterator[tuple[int, subprocess.Popen]]:
+    """uvicorn_server, yielding the process too (for a test that kills it)."""
     port = free_port()
     env = dict(os.environ)
     for name in ("TURN_SHARED_SECRETS", "TURN_URLS", *drop):
@@ -128,7 +133,7 @@ def uvicorn_server(log: Path, env_overrides: dict[str, str], drop: tuple[str, ..
             if time.monotonic() > deadline:
                 pytest.fail(f"uvicorn did not answer within 30 s:\n{log.read_text()[-4000:]}")
             time.sleep(0.1)
-        yield port
+        yield port, process
     finally:
         process.terminate()
         try:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
+from tests.tools import require_tool
 from video.turn import prepare_local_turn, turnserver_binary
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -22,10 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 @pytest.fixture(scope="module")
 def coturn(tmp_path_factory):
-    if turnserver_binary() is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("turnserver is not installed; CI must run the TURN tests (apt-get install coturn)")
-        pytest.skip("turnserver is not installed (apt-get install coturn)")
+    require_tool(turnserver_binary(), "turnserver is not installed (apt-get install coturn)")
     secret = os.urandom(24).hex()
     server = prepare_local_turn(tmp_path_factory.mktemp("coturn-selftest"), [secret])
     server.start()

@@ -248,3 +248,51 @@ async def test_a_drop_longer_than_the_grace_period_flags_the_encounter(call, set
             return encounter.status, encounter.documentation_required
 
     assert committed(flagged) == ("finished", True)
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://beta.localhost",  # another clinic's portal, an allowed host: its page must not reach this socket
+        "http://evil.example",  # not an allowed host at all
+        None,  # no Origin
+    ],
+)
+async def test_a_socket_opened_from_another_origin_is_refused(call, origin):
+    headers = [
+        (b"host", call["host"].encode()),
+        (b"authorization", f"Bearer {call['tokens']['doctor']}".encode()),
+    ]
+    if origin:
+        headers.append((b"origin", origin.encode()))
+    path = f"/ws/v1/encounters/{call['encounter']}/signal"
+    ws = WebsocketCommunicator(application, path, headers=headers)
+    connected, _ = await ws.connect()
+    assert not connected
+
+
+async def test_the_same_host_on_another_port_is_the_same_origin(call):
+    """nginx passes Host without its port; the page's Origin keeps it."""
+    headers = [
+        (b"host", call["host"].encode()),
+        (b"origin", f"http://{call['host']}:8080".encode()),
+        (b"authorization", f"Bearer {call['tokens']['doctor']}".encode()),
+    ]
+    ws = WebsocketCommunicator(application, f"/ws/v1/encounters/{call['encounter']}/signal", headers=headers)
+    connected, _ = await ws.connect()
+    assert connected
+    await ws.disconnect()
+
+
+async def test_oversized_binary_and_malformed_frames_get_an_error_and_the_visit_goes_on(call):
+    doctor, _ = await joined(call, "doctor")
+    await doctor.send_input({"type": "websocket.receive", "text": "x" * (70 * 1024)})
+    assert (await receive_until(doctor, "error"))["code"] == "message_too_large"
+    await doctor.send_input({"type": "websocket.receive", "bytes": b"\x00\x01"})
+    assert (await receive_until(doctor, "error"))["code"] == "invalid_message"
+    await doctor.send_input({"type": "websocket.receive", "text": "{not json"})
+    assert (await receive_until(doctor, "error"))["code"] == "invalid_message"
+    # Still connected and answering.
+    await doctor.send_json_to({"type": "ping"})
+    assert (await receive_until(doctor, "pong"))["type"] == "pong"
+    await doctor.disconnect()

@@ -37,6 +37,7 @@ from tenancy import events as event_bus
 from tenancy.context import tenant_context
 from tenancy.services import ensure_member
 from tests.conftest import PASSWORD
+from tests.tools import require_tool
 from video import turn
 from video.turn import (
     PRODUCTION_CONFIG,
@@ -226,10 +227,7 @@ OLD_SECRET = "old-" + secrets.token_urlsafe(24)
 
 def _require_turnserver() -> str:
     binary = turnserver_binary()
-    if binary is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("turnserver is not installed; CI must run the TURN tests (apt-get install coturn)")
-        pytest.skip("turnserver is not installed (apt-get install coturn)")
+    require_tool(binary, "turnserver is not installed (apt-get install coturn)")
     return binary
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
@@ -19,6 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.tools import require_tool
 from tests.video.test_aiortc_call import Signal, free_port, uvicorn_server
 from tests.video.test_signalling import committed, visit
 
@@ -62,11 +62,9 @@ def redis_url():
         yield f"redis://127.0.0.1:6379/{REDIS_DB}"
         return
     binary = shutil.which("redis-server")
-    if binary is None:
-        message = "no Redis on 127.0.0.1:6379 and no redis-server binary"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_tool(
+        binary, "no Redis on 127.0.0.1:6379 and no redis-server binary (apt-get install redis-server)"
+    )
     with throwaway_redis(binary) as port:
         yield f"redis://127.0.0.1:{port}/{REDIS_DB}"
 

@@ -6,10 +6,13 @@ time, and whatever was committed to the log is never shipped twice.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 
+import psycopg
 from django.core.management.base import BaseCommand
+from django.db import DatabaseError, close_old_connections
 
 from audit import shipper
 from tenancy.crypto.vault import KeyServiceError
@@ -38,8 +41,19 @@ class Command(BaseCommand):
                 shipped = shipper.ship_once(options["batch"])
                 signed = shipper.checkpoint_all(force=options["checkpoint"])
             except KeyServiceError as exc:
-                self.stderr.write(f"checkpoint signing unavailable ({exc}); events stay queued")
+                # Shipping committed before signing: the events are in the log, only the checkpoint waits.
+                self.stderr.write(f"checkpoint signing unavailable ({exc}); the next pass signs")
                 shipped, signed = {}, 0
+            except (DatabaseError, psycopg.Error) as exc:
+                # PostgreSQL restarting or unreachable: a pass either committed or rolled back whole, so
+                # retrying is safe. Drop the broken connections and try again rather than exit.
+                if options["once"]:
+                    raise
+                self.stderr.write(f"database unavailable ({exc}); retrying in 2 s")
+                close_old_connections()
+                _close_all()
+                time.sleep(2)
+                continue
             total = sum(shipped.values())
             if total or signed:
                 self.stdout.write(
@@ -48,3 +62,11 @@ class Command(BaseCommand):
             if options["once"]:
                 break
             time.sleep(options["interval"])
+
+
+def _close_all() -> None:
+    from django.db import connections
+
+    for connection in connections.all():
+        with contextlib.suppress(DatabaseError):  # already broken; Django opens a new one on next use
+            connection.close()
