@@ -326,6 +326,7 @@ VIDEO_GRACE_SECONDS = float(os.environ.get("VIDEO_GRACE_SECONDS", "120"))
 # three intervals (its worker died) is swept as a drop by whichever worker sweeps next (video/liveness.py).
 VIDEO_HEARTBEAT_SECONDS = float(os.environ.get("VIDEO_HEARTBEAT_SECONDS", "10"))
 VIDEO_SWEEP_SECONDS = float(os.environ.get("VIDEO_SWEEP_SECONDS", "5"))
+VIDEO_CATCH_UP_SECONDS = float(os.environ.get("VIDEO_CATCH_UP_SECONDS", "1"))
 
 # TURN (video/turn.py, deploy/coturn/): short-lived REST-API credentials for coturn's use-auth-secret.
 # The first secret signs; coturn accepts every secret it lists, so a rotation adds the new one there first.

@@ -96,6 +96,9 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
         self.encounter_id = self.scope["url_route"]["kwargs"]["encounter_id"]
         self.connection_id = uuid.uuid4().hex
         self.sent = 0
+        self.flushing = (
+            asyncio.Lock()
+        )  # one flush at a time: the handlers' and the catch-up's (no duplicates)
         liveness.ensure_running()  # this process's heartbeats and sweeper (video/liveness.py)
         await self.accept()
         query = {k: v[-1] for k, v in parse_qs(self.scope.get("query_string", b"").decode()).items()}
@@ -169,6 +172,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
             self.sent = await store.last_seq(self.encounter_id, self.user)
         await self.welcome(resumed)
         self.joined = True
+        liveness.watch(self.connection_id, self)  # from here on, a lost flush notice is caught up
         if resumed:
             await self.flush()
             await self.broadcast({"type": "restart_ice", "reason": "resumed", "user": self.user})
@@ -233,11 +237,20 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
                 continue
             await self.deliver(p.user_id, message)
 
-    async def flush(self) -> None:
-        messages = await get_store().since(self.encounter_id, self.user, self.sent) or []
-        for message in messages:
-            await self.send_json(message)
-            self.sent = message["seq"]
+    async def flush(self) -> int:
+        async with self.flushing:
+            messages = await get_store().since(self.encounter_id, self.user, self.sent) or []
+            for message in messages:
+                await self.send_json(message)
+                self.sent = message["seq"]
+            return len(messages)
+
+    async def catch_up(self) -> int:
+        """Called by this process's liveness task when the stream holds a message this socket has not sent
+        for a whole catch-up interval: its flush notice was lost (video/liveness.py)."""
+        if self.seat is None:
+            return 0
+        return await self.flush()
 
     async def video_flush(self, event) -> None:
         if self.seat is not None:

@@ -9,6 +9,13 @@ with a worker killed or scaled down during the grace period.
 
 So every worker process runs one task (started by its first signalling socket) that
 
+- catches up: every VIDEO_CATCH_UP_SECONDS it reads the last sequence number of every stream whose socket it
+  holds (one MGET) and flushes a socket that still has not sent a message that was already there at the
+  previous look. A message reaches its socket through a flush notice in the channel layer, and channels_redis
+  delivers at most once: a notice can be lost (a full channel, or a receive cancelled with the message in
+  flight when another socket of the process closes). The load test found one: a practitioner's `state` sat in
+  the stream for 30 s until the client pinged. Now a lost notice costs at most two catch-up intervals.
+
 - heartbeats: every VIDEO_HEARTBEAT_SECONDS it writes the time (Redis's clock, so the hosts' clocks need
   not agree) into the `seen` record of every participant whose socket it holds, one write for all of them.
   A live worker keeps its participants fresh; a dead one stops, whatever killed it.
@@ -41,6 +48,7 @@ import contextlib
 import logging
 import time
 import uuid
+from typing import Protocol
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
@@ -61,6 +69,24 @@ _live: dict[str, str] = {}
 _task: asyncio.Task | None = None
 
 
+class Socket(Protocol):
+    """What the catch-up needs of a consumer: its stream, how far it has sent, and a way to send the rest."""
+
+    encounter_id: str
+    user: str
+    sent: int
+
+    async def catch_up(self) -> int: ...
+
+
+# The welcomed sockets of this process, for the catch-up: connection id -> consumer; and, per connection, the
+# stream's last sequence number at the previous look.
+_sockets: dict[str, Socket] = {}
+_seen_seq: dict[str, int] = {}
+_catching_up: set[asyncio.Task] = set()
+caught_up = 0  # messages the catch-up delivered: their notice lost, or late a whole interval (/metrics)
+
+
 def heartbeat_seconds() -> float:
     return float(getattr(settings, "VIDEO_HEARTBEAT_SECONDS", 10))
 
@@ -71,6 +97,10 @@ def stale_seconds() -> float:
 
 def sweep_seconds() -> float:
     return float(getattr(settings, "VIDEO_SWEEP_SECONDS", 5))
+
+
+def catch_up_seconds() -> float:
+    return float(getattr(settings, "VIDEO_CATCH_UP_SECONDS", 1))
 
 
 def user_group(encounter: str, user: str) -> str:
@@ -99,12 +129,52 @@ async def hold(connection: str, key: str) -> None:
 def release(connection: str) -> None:
     """The consumer is done with its socket (closed, refused, failed or cancelled): no more heartbeats."""
     _live.pop(connection, None)
+    _sockets.pop(connection, None)
+    _seen_seq.pop(connection, None)
+
+
+def watch(connection: str, socket: Socket) -> None:
+    """The socket was welcomed (its `sent` is where its stream starts): from now on it is caught up."""
+    _sockets[connection] = socket
 
 
 async def beat() -> None:
     keys = set(_live.values())
     if keys:
         await get_store().heartbeat(keys)
+
+
+async def catch_up() -> None:
+    """Flushes every socket that has not sent a message its stream held at the previous look (one MGET for
+    all of them). A message only just appended is left to its notice: a flush here is for the lost ones."""
+    sockets = list(_sockets.items())
+    if not sockets:
+        return
+    seqs = await get_store().last_seqs([(socket.encounter_id, socket.user) for _, socket in sockets])
+    for (connection, socket), seq in zip(sockets, seqs, strict=True):
+        before = _seen_seq.get(connection, 0)
+        _seen_seq[connection] = seq
+        if socket.sent < min(before, seq) and connection in _sockets:
+            task = asyncio.get_running_loop().create_task(_flush(connection, socket))
+            _catching_up.add(task)  # kept until done: the loop holds tasks only weakly
+            task.add_done_callback(_catching_up.discard)
+
+
+async def _flush(connection: str, socket: Socket) -> None:
+    global caught_up
+    try:
+        sent = await socket.catch_up()
+    except Exception as exc:  # the socket closed meanwhile, or Redis failed: the next look tries again
+        logger.debug("video catch-up of %s failed: %s: %s", connection, type(exc).__name__, exc)
+        return
+    if sent:
+        caught_up += sent
+        logger.info(
+            "video: %d message(s) for user %s of encounter %s delivered by the catch-up (notice lost or late)",
+            sent,
+            socket.user,
+            socket.encounter_id,
+        )
 
 
 # -- the task ------------------------------------------------------------------------------------------
@@ -134,11 +204,16 @@ async def stop() -> None:
 
 
 async def run() -> None:
-    next_beat = next_sweep = time.monotonic()
-    failing = {"beat": False, "sweep": False}
+    next_beat = next_sweep = next_catch_up = time.monotonic()
+    failing = {"beat": False, "sweep": False, "catch-up": False}
     while True:
         now = time.monotonic()
-        for name, due, step in (("beat", next_beat, beat), ("sweep", next_sweep, sweep)):
+        steps = (
+            ("beat", next_beat, beat),
+            ("sweep", next_sweep, sweep),
+            ("catch-up", next_catch_up, catch_up),
+        )
+        for name, due, step in steps:
             if now < due:
                 continue
             try:
@@ -153,7 +228,9 @@ async def run() -> None:
             next_beat = now + heartbeat_seconds()
         if now >= next_sweep:
             next_sweep = now + sweep_seconds()
-        await asyncio.sleep(max(0.01, min(next_beat, next_sweep) - time.monotonic()))
+        if now >= next_catch_up:
+            next_catch_up = now + catch_up_seconds()
+        await asyncio.sleep(max(0.01, min(next_beat, next_sweep, next_catch_up) - time.monotonic()))
 
 
 # -- sweeping ------------------------------------------------------------------------------------------

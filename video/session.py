@@ -67,6 +67,9 @@ class MemoryStore:
     async def last_seq(self, encounter: str, user: str) -> int:
         return self._seq.get((encounter, user), 0)
 
+    async def last_seqs(self, streams: list[tuple[str, str]]) -> list[int]:
+        return [self._seq.get(stream, 0) for stream in streams]
+
     async def since(self, encounter: str, user: str, after: int) -> list[dict] | None:
         """Messages after `after`; None when some were already trimmed (the client must rejoin afresh)."""
         stream = self._streams.get((encounter, user), [])
@@ -249,6 +252,13 @@ class RedisStore:
     async def last_seq(self, encounter: str, user: str) -> int:
         value = await self._redis.get(f"video:seq:{encounter}:{user}")
         return int(value) if value else 0
+
+    async def last_seqs(self, streams: list[tuple[str, str]]) -> list[int]:
+        """The last sequence number of each (encounter, user) stream, in one round trip."""
+        if not streams:
+            return []
+        values = await self._redis.mget([f"video:seq:{encounter}:{user}" for encounter, user in streams])
+        return [int(value) if value else 0 for value in values]
 
     async def since(self, encounter: str, user: str, after: int) -> list[dict] | None:
         key = f"video:stream:{encounter}:{user}"

@@ -269,6 +269,19 @@ def wait_for_drain(cluster: Cluster) -> float:
     raise AssertionError(f"the audit outbox did not drain within {DRAIN_TIMEOUT:.0f} s after the run")
 
 
+def catch_up_messages(cluster: Cluster) -> int:
+    """Signalling messages the workers delivered only through the catch-up (their flush notice lost or a whole
+    interval late, video/liveness.py), summed over the workers' /metrics."""
+    total = 0
+    for port in cluster.worker_ports:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Host": "127.0.0.1"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith("telemed_video_catch_up_messages "):
+                    total += int(float(line.split()[1]))
+    return total
+
+
 def manage(cluster: Cluster, *args: str) -> str:
     result = subprocess.run(
         [PYTHON, str(ROOT / "manage.py"), *args],
@@ -552,6 +565,7 @@ def run_clinic_day(label: str, workers: int, minutes: float, accounts_file: Path
         run.stats["pgbouncer_logins_per_http_request"] = round(
             logins / max(1, run.stats["http_requests_total"]), 2
         )
+        run.stats["video_catch_up_messages"] = catch_up_messages(cluster)
         run.stats["audit_drain_seconds"] = round(wait_for_drain(cluster), 1)
         check_audit(run, export_and_verify(cluster, run, slugs))
     finally:
@@ -717,7 +731,9 @@ def render(report: dict) -> str:
             f"{audit.get('duplicate_event_ids')} duplicate event ids; verify: "
             + "; ".join(f"{slug}: {(out or ['?'])[0]}" for slug, out in audit.get("verify", {}).items())
             + f"; backlog max {run['stats']['audit_backlog']['max_age_seconds']} s, drained "
-            f"{run['stats'].get('audit_drain_seconds')} s after the run; visits {run['stats']['visits']}."
+            f"{run['stats'].get('audit_drain_seconds')} s after the run; visits {run['stats']['visits']}; "
+            f"signalling messages delivered by the catch-up (notice lost or late): "
+            f"{run['stats'].get('video_catch_up_messages')}."
         )
     problems = [f"{label}: {p}" for label, run in (("1", one), ("2", two)) for p in run["problems"]]
     for label, run in (("1", one), ("2", two)):

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.django_db(transaction=False)
 
 HEARTBEAT = 0.2  # so a participant is stale after 0.6 s
 SWEEP = 0.1
+CATCH_UP = 0.1
 GRACE = 2.0
 
 
@@ -63,6 +64,7 @@ def store(request):
 def quick(settings):
     settings.VIDEO_HEARTBEAT_SECONDS = HEARTBEAT
     settings.VIDEO_SWEEP_SECONDS = SWEEP
+    settings.VIDEO_CATCH_UP_SECONDS = CATCH_UP
     settings.VIDEO_GRACE_SECONDS = GRACE
     return settings
 
@@ -184,6 +186,28 @@ async def test_a_swept_participant_who_resumes_within_the_grace_period_is_not_fl
     await doctor.send_json_to({"type": "offer", "sdp": "v=0 still here"})
     assert (await receive_until(back, "offer"))["sdp"] == "v=0 still here"
     assert [d.get("reason") for d in kinds(timeline, "video_interrupted")] == ["connection_lost"]
+
+
+async def test_a_message_whose_flush_notice_was_lost_is_delivered_by_the_catch_up_once(call):
+    doctor, patient, _, _ = await in_call(call)
+    before = liveness.caught_up
+    # What a lost notice leaves behind: the message in the doctor's stream, and nothing telling the consumer.
+    seq = await session.get_store().append(call["encounter"], call["doctor"], {"type": "lost_notice_probe"})
+    started = time.monotonic()
+    message = await receive_until(doctor, "lost_notice_probe", timeout=5)
+    assert message["seq"] == seq
+    assert time.monotonic() - started < 2 * CATCH_UP + 1.5  # about two intervals, never the client's ping
+    for _ in range(50):  # counted once the catch-up's flush returns, just after the send
+        if liveness.caught_up > before:
+            break
+        await asyncio.sleep(0.02)
+    assert liveness.caught_up == before + 1
+    await doctor.send_json_to({"type": "ping"})
+    assert (await doctor.receive_json_from(timeout=5))[
+        "type"
+    ] == "pong"  # the ping's flush does not send it twice
+    await patient.send_json_to({"type": "offer", "sdp": "v=0 with its notice"})
+    assert (await receive_until(doctor, "offer"))["sdp"] == "v=0 with its notice"
 
 
 async def test_two_sweepers_at_once_flag_the_visit_once(call):
