@@ -256,6 +256,9 @@ class Cluster:
                 # Workers reach PostgreSQL only through PgBouncer in transaction mode.
                 "DATABASE_URL": self.pooled_url,
                 "DATABASE_TRANSACTION_POOLER": "true",
+                # Each worker keeps its client connections to PgBouncer open (config/settings.py): without
+                # the pool every request logs in to PgBouncer anew.
+                "DATABASE_POOL_SIZE": self.env.get("DATABASE_POOL_SIZE", "8"),
                 "REDIS_URL": self.redis_url,
             }
             for index in range(self.workers):

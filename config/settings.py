@@ -149,12 +149,26 @@ TEMPLATES = [
 TRANSACTION_POOLER = env_bool("DATABASE_TRANSACTION_POOLER", False)
 
 
-def _database(url: str) -> dj_database_url.DBConfig:
-    config = dj_database_url.parse(url, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60))
+# DATABASE_POOL_SIZE > 0: each worker process keeps a psycopg pool of up to that many connections. Under ASGI
+# every request runs in a thread of its own, so Django's persistent connections (CONN_MAX_AGE) are never reused
+# and each request logs in anew (a SCRAM exchange costing the worker, PgBouncer and PostgreSQL CPU). A
+# connection goes back to the pool when the request ends, rolled back if a transaction were left open; the
+# tenant context is transaction-local, so nothing of one request reaches the next (tests/tenancy/test_pooler.py).
+DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 0)
+if DATABASE_POOL_SIZE < 0:
+    raise ImproperlyConfigured(f"DATABASE_POOL_SIZE must be 0 (no pool) or more, not {DATABASE_POOL_SIZE}")
+
+
+def _database(url: str, pool_size: int = 0) -> dj_database_url.DBConfig:
+    config = dj_database_url.parse(url, conn_max_age=0 if pool_size else env_int("DATABASE_CONN_MAX_AGE", 60))
     config["ATOMIC_REQUESTS"] = True
     config["CONN_HEALTH_CHECKS"] = True
     config.setdefault("OPTIONS", {})
     config["OPTIONS"].setdefault("connect_timeout", 5)
+    if pool_size:
+        # A connection is checked (one round trip) when it is taken, so one a PostgreSQL or PgBouncer restart
+        # broke is replaced rather than failing a request; a request that waits 5 s for one gets 503.
+        config["OPTIONS"]["pool"] = {"min_size": 1, "max_size": pool_size, "timeout": 5, "max_idle": 300}
     if TRANSACTION_POOLER:
         # PgBouncer in transaction mode hands each transaction any server connection: no named prepared
         # statements (psycopg prepares after 5 runs) and no server-side cursors, which outlive a transaction.
@@ -168,7 +182,11 @@ def _database(url: str) -> dj_database_url.DBConfig:
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 DATABASE_OWNER_URL = os.environ.get("DATABASE_OWNER_URL", "")
 DATABASES: dict[str, dj_database_url.DBConfig] = {
-    "default": _database(DATABASE_URL) if DATABASE_URL else {"ENGINE": "django.db.backends.dummy"},
+    "default": (
+        _database(DATABASE_URL, DATABASE_POOL_SIZE)
+        if DATABASE_URL
+        else {"ENGINE": "django.db.backends.dummy"}
+    ),
 }
 if DATABASE_URL:
     # Without DATABASE_OWNER_URL, "owner" is the runtime role, which cannot migrate: that fails loudly.

@@ -88,7 +88,6 @@ CONFIG_READ_ELSEWHERE = {
     "PYTHONUNBUFFERED": "Python",
     "REQUESTS_CA_BUNDLE": "requests (hvac)",
     "SSL_CERT_FILE": "OpenSSL (urllib in /readyz, redis)",
-    "DATABASE_TRANSACTION_POOLER": "config/settings.py, once its PgBouncer change lands (issue's contract)",
 }
 
 # How the Kubernetes coturn configuration may differ from deploy/coturn/turnserver.conf: the start script
@@ -513,6 +512,12 @@ def config_problems(docs: list[dict]) -> list[str]:
                 problems.append(f"{workload_name}/{container['name']} does not read telemed-config")
             if any("valueFrom" in e and "secretKeyRef" in e["valueFrom"] for e in container.get("env", [])):
                 problems.append(f"{workload_name}/{container['name']} reads a Kubernetes Secret")
+    web = pod_template(find(docs, "Deployment", "telemed-web"))["spec"]["containers"][0]
+    web_env = {e["name"]: e.get("value") for e in web.get("env", [])}
+    for name in sorted(set(web_env) - known):
+        problems.append(f"telemed-web sets {name}, which nothing reads")
+    if not str(web_env.get("DATABASE_POOL_SIZE", "")).isdigit() or int(web_env["DATABASE_POOL_SIZE"]) < 1:
+        problems.append("telemed-web keeps no pool of database connections (DATABASE_POOL_SIZE)")
     shipper = pod_template(find(docs, "Deployment", "telemed-audit-shipper"))["spec"]["containers"][0]
     if "manage.py audit_ship" not in script(shipper):
         problems.append("telemed-audit-shipper does not run manage.py audit_ship")
@@ -791,6 +796,10 @@ REGRESSIONS = {
     "no transaction pooler setting": (
         config_problems,
         lambda d: find(d, "ConfigMap", "telemed-config")["data"].pop("DATABASE_TRANSACTION_POOLER"),
+    ),
+    "web without a connection pool": (
+        config_problems,
+        lambda d: pod_template(find(d, "Deployment", "telemed-web"))["spec"]["containers"][0].pop("env"),
     ),
     "coturn off the host network": (
         coturn_problems,

@@ -14,11 +14,13 @@ production loses it, and the rest must degrade loudly, recover by itself and los
 - The audit shipper killed for 60 s under audited load: the backlog's age grows on /readyz and its check
   fails past AUDIT_MAX_LAG_SECONDS; restarted, the shipper drains it, every audited request is in the signed
   log exactly once, and an export of the clinic's log verifies offline.
-- PostgreSQL restarted under a stream of writes: meanwhile writes answer 503 `database_unavailable` at once
-  (no 500, no hang), they succeed again right after, and each one is stored exactly once (201) or not at all
-  (503), audit events included.
+- PostgreSQL restarted under a stream of writes: a write caught by the restart answers 503
+  `database_unavailable` (no 500), one sent while PostgreSQL is down waits in PgBouncer's queue (at most its
+  query_wait_timeout, 10 s) and is stored when it is back; writes succeed again right after, and each one is
+  stored exactly once (201) or not at all (503), audit events included.
 
-They run in that order on one cluster for the module, about four minutes in all with its start:
+They run in that order on one cluster for the module, about four minutes in all with its start, and then a check
+that the workers' pooled database connections carry no tenant context from one request to the next:
 
     TEST_DATABASE_NAME=drills_dev .venv/bin/python -m config.devstack test tests/drills/test_failures.py \\
         -m drill -x -q -p no:randomly
@@ -751,3 +753,46 @@ def test_a_postgresql_restart_fails_writes_cleanly_then_they_recover_with_no_par
         f"{slowest:.2f} s; first write stored {recovered:.2f} s after the restart; audit outbox empty "
         f"{drained:.1f} s later"
     )
+
+
+def pgbouncer_logins(cluster: Cluster) -> int:
+    """Client logins PgBouncer has seen (it logs each one)."""
+    return (cluster.logdir / "pgbouncer.log").read_text(errors="replace").count("login attempt")
+
+
+def test_workers_reuse_their_database_connections_and_no_tenant_context_crosses_them(cluster):
+    """Each worker keeps a pool of client connections to PgBouncer (DATABASE_POOL_SIZE), which itself hands
+    each transaction any of its few server connections: interleaved requests of two clinics from several
+    threads each see only their own clinic, and the workers log in to PgBouncer a few times, not per request.
+    Last in the module: it reads both clinics, which would warm the keys the Vault drill needs cold, and it
+    shows the pools recovered from the PostgreSQL restart."""
+    northwind, harbor = Api(cluster, DOCTOR), Api(cluster, "dr.okafor@harbor.example", host=HARBOR)
+    own = {
+        api.host: {p["id"] for p in api.every("/api/v1/patients")} for api in (northwind, harbor)
+    }  # also warms each worker's pool a little
+    assert own[NORTHWIND] and own[HARBOR] and not own[NORTHWIND] & own[HARBOR]
+    pool_size = int(cluster.worker_env["DATABASE_POOL_SIZE"])
+    before, rounds, seen = pgbouncer_logins(cluster), 40, []
+    lock = threading.Lock()
+
+    def reader(api: Api) -> None:
+        for _ in range(rounds):
+            page = api.get("/api/v1/patients")
+            detail = api.get(f"/api/v1/patients/{page['results'][0]['id']}")
+            with lock:
+                seen.append((api.host, {p["id"] for p in page["results"]} | {detail["id"]}))
+
+    threads = [
+        threading.Thread(target=reader, args=(api.fork(),)) for api in (northwind, harbor, northwind, harbor)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(seen) == 4 * rounds, "a reader failed (see above)"
+    for host, ids in seen:
+        assert ids <= own[host], f"{host} was shown another clinic's patients: {ids - own[host]}"
+    logins = pgbouncer_logins(cluster) - before
+    requests_made = 2 * len(seen)
+    assert logins <= len(cluster.worker_ports) * pool_size, (logins, requests_made)
+    print(f"\n{requests_made} requests from 4 threads of two clinics: {logins} new PgBouncer logins")

@@ -558,8 +558,9 @@ def run_clinic_day(label: str, workers: int, minutes: float, accounts_file: Path
         sampler = run_locust(cluster, run, accounts_file)
         read_stats(run, sampler)
         run.stats["signalling_failures"] = signalling_evidence(cluster, run.stats["failures"])
-        # Every client login PgBouncer saw during the run (it logs each one): Django under ASGI runs each
-        # request on a thread of its own, so connections are not reused, and each costs a SCRAM exchange.
+        # Every client login PgBouncer saw during the run (it logs each one): each costs a SCRAM exchange.
+        # Django under ASGI runs each request on a thread of its own, so without the workers' pool
+        # (DATABASE_POOL_SIZE) every request logs in anew.
         logins = (cluster.logdir / "pgbouncer.log").read_text(errors="replace").count("login attempt")
         run.stats["pgbouncer_logins"] = logins
         run.stats["pgbouncer_logins_per_http_request"] = round(

@@ -67,6 +67,8 @@ def test_production_settings_load_when_everything_is_set():
         ({"DJANGO_ALLOWED_HOSTS": "portal.clinic.example,*"}, "DJANGO_ALLOWED_HOSTS"),
         ({"DJANGO_DEBUG": None, "DJANGO_SECRET_KEY": None}, "DJANGO_SECRET_KEY"),  # DEBUG is off unless said
         ({"DJANGO_DEBUG": "maybe"}, "DJANGO_DEBUG"),
+        ({"DATABASE_POOL_SIZE": "-1"}, "DATABASE_POOL_SIZE"),
+        ({"DATABASE_POOL_SIZE": "eight"}, "DATABASE_POOL_SIZE"),
     ],
 )
 def test_with_debug_off_the_settings_refuse_to_load(overrides, complaint):
@@ -170,3 +172,22 @@ def test_session_and_csrf_cookies_are_secure_httponly_and_same_site(api, alpha):
     session = response.cookies["sessionid"]
     assert session["httponly"] and session["secure"] and session["samesite"] == "Lax"
     assert int(session["max-age"]) <= 12 * 3600
+
+
+def test_a_pool_size_gives_each_process_a_checked_pool_instead_of_persistent_connections():
+    """DATABASE_POOL_SIZE (make cluster, the Kubernetes web pods): psycopg's pool through Django, a connection
+    checked when taken, none kept per thread (CONN_MAX_AGE would make Django refuse the pool)."""
+    code = (
+        LOAD.removesuffix("; print('loaded')")
+        + "; from django.db import connection as c; print(c.settings_dict['CONN_MAX_AGE'], "
+        "c.settings_dict['OPTIONS'].get('pool', {}).get('max_size'), type(c.pool).__name__)"
+    )
+    env = production_env(
+        DATABASE_URL="postgresql://app:secret@127.0.0.1:6432/telemed", DATABASE_POOL_SIZE="3"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["0", "3", "ConnectionPool"]
+    env["DATABASE_POOL_SIZE"] = "0"
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert result.stdout.split() == ["60", "None", "NoneType"], result.stderr[-3000:]
