@@ -659,7 +659,8 @@ def print_welcome(cluster: Cluster) -> None:
         " Telemedicine cluster on loopback. Ctrl-C stops everything.",
         "",
         f"  nginx:        http://northwind.localhost:{port}/  (and harbor.localhost) -> "
-        f"{len(cluster.worker_ports)} uvicorn workers on {', '.join(map(str, cluster.worker_ports))}",
+        f"{len(cluster.worker_ports)} uvicorn workers on {', '.join(map(str, cluster.worker_ports))}"
+        f" (each with a pool of {cluster.worker_env.get('DATABASE_POOL_SIZE', '0')} connections to PgBouncer)",
         f"  PgBouncer:    127.0.0.1:{cluster.bouncer_port} (transaction mode, pool {cluster.pool_size})"
         f" -> PostgreSQL {cluster.pg_socket_dir}",
         f"  Redis:        {cluster.redis_url}     OpenBao: {cluster.vault.addr if cluster.vault else '-'}",

@@ -167,8 +167,9 @@ def _database(url: str, pool_size: int = 0) -> dj_database_url.DBConfig:
     config["OPTIONS"].setdefault("connect_timeout", 5)
     if pool_size:
         # A connection is checked (one round trip) when it is taken, so one a PostgreSQL or PgBouncer restart
-        # broke is replaced rather than failing a request; a request that waits 5 s for one gets 503.
-        config["OPTIONS"]["pool"] = {"min_size": 1, "max_size": pool_size, "timeout": 5, "max_idle": 300}
+        # broke is replaced rather than failing a request. A request that waits 10 s for one (as long as
+        # PgBouncer's query_wait_timeout in make cluster) gets 503 database_unavailable.
+        config["OPTIONS"]["pool"] = {"min_size": 1, "max_size": pool_size, "timeout": 10, "max_idle": 300}
     if TRANSACTION_POOLER:
         # PgBouncer in transaction mode hands each transaction any server connection: no named prepared
         # statements (psycopg prepares after 5 runs) and no server-side cursors, which outlive a transaction.
