@@ -1,4 +1,12 @@
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
 from django.apps import AppConfig
+
+if TYPE_CHECKING:
+    from .shipper import UnsignedTail
 
 
 class AuditConfig(AppConfig):
@@ -12,6 +20,9 @@ class AuditConfig(AppConfig):
         listeners.connect()
         health.register_check("audit_outbox", _outbox_lag)
         health.register_gauge("audit_outbox_oldest_age_seconds", _outbox_age)
+        # Shipped but not yet under a signed checkpoint (deploy/RUNBOOK.md: signing stalls while Vault is down).
+        health.register_gauge("audit_unsigned_entries", lambda: _unsigned().entries)
+        health.register_gauge("audit_unsigned_oldest_age_seconds", lambda: _unsigned().oldest_age)
 
 
 def _outbox_lag() -> str | None:
@@ -34,3 +45,19 @@ def _outbox_age() -> float | None:
     from .shipper import oldest_unshipped_age
 
     return oldest_unshipped_age()
+
+
+_unsigned_cache: tuple[float, UnsignedTail | None] = (0.0, None)
+
+
+def _unsigned() -> UnsignedTail:
+    """The unsigned tail, read at most every 5 s per process: probes and scrapes call /readyz and /metrics
+    often, and both gauges come from one query of the audit database."""
+    from .shipper import unsigned_tail
+
+    global _unsigned_cache
+    read_at, tail = _unsigned_cache
+    if tail is None or time.monotonic() - read_at > 5:
+        tail = unsigned_tail()
+        _unsigned_cache = (time.monotonic(), tail)
+    return tail

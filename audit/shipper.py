@@ -69,6 +69,42 @@ def oldest_unshipped_age() -> float | None:
     return None if value is None else float(value)
 
 
+# Per organization with shipped entries (found by a skip scan of audit_log_state's primary key, not a scan of
+# its rows): the log's size, the newest checkpoint's size, and when the first entry past it was recorded.
+UNSIGNED_TAIL_SQL = """
+WITH RECURSIVE orgs AS (
+    (SELECT org_id FROM audit_log_state ORDER BY org_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT s.org_id FROM audit_log_state s WHERE s.org_id > orgs.org_id ORDER BY s.org_id LIMIT 1)
+      FROM orgs WHERE orgs.org_id IS NOT NULL
+)
+SELECT h.size - coalesce(c.size, 0), extract(epoch FROM clock_timestamp() - e.recorded_at)
+  FROM orgs o
+  CROSS JOIN LATERAL (SELECT size FROM audit_log_state WHERE org_id = o.org_id ORDER BY size DESC LIMIT 1) h
+  LEFT JOIN LATERAL (SELECT size FROM audit_checkpoint WHERE org_id = o.org_id ORDER BY size DESC LIMIT 1) c
+         ON true
+  LEFT JOIN LATERAL (SELECT recorded_at FROM audit_entry
+                      WHERE org_id = o.org_id AND seq = coalesce(c.size, 0) LIMIT 1) e ON true
+ WHERE o.org_id IS NOT NULL AND h.size > coalesce(c.size, 0)
+"""
+
+
+@dataclass(frozen=True)
+class UnsignedTail:
+    entries: int  # shipped entries no signed checkpoint covers yet, all organizations together
+    oldest_age: float | None  # seconds since the oldest of them was recorded; None when every entry is signed
+
+
+def unsigned_tail() -> UnsignedTail:
+    """What the audit database holds beyond the newest signed checkpoint of each organization (read as the
+    audit reader). Shipping goes on while Vault cannot sign, so a growing tail is how a signing outage shows:
+    entries an auditor cannot yet verify against a signature."""
+    with store.reader() as reader:
+        rows = reader.execute(UNSIGNED_TAIL_SQL).fetchall()
+    ages = [float(age) for _, age in rows if age is not None]
+    return UnsignedTail(sum(int(n) for n, _ in rows), max(ages) if ages else None)
+
+
 def _take(org_id, batch: int) -> list[tuple[str, str | dict]]:
     """Up to `batch` (event id as text, payload) of rows below the xmin horizon, oldest first.
 

@@ -17,6 +17,7 @@ from django.db import connection, connections
 from audit import events, shipper, store, tlog
 from audit.signer import CheckpointSigner
 from tenancy.context import tenant_context
+from tenancy.crypto.vault import KeyServiceError
 from tenancy.services import create_organization
 from tests.conftest import owner_conninfo, runtime_conninfo  # noqa: F401
 
@@ -212,6 +213,37 @@ def test_the_readiness_probe_reports_the_age_of_the_oldest_unshipped_event(clini
     assert response.json()["status"] == "degraded" and "audit_outbox" in response.json()["error"]["fields"]
     metrics = client.get("/metrics").content.decode()
     assert "telemed_audit_outbox_oldest_age_seconds" in metrics
+
+
+def test_entries_shipped_while_signing_fails_show_as_an_unsigned_tail_until_a_checkpoint_covers_them(
+    clinics, client, settings
+):
+    """Shipping goes on while Vault cannot sign: /readyz and /metrics show how many shipped entries no
+    signed checkpoint covers yet, and how old the oldest is, so a signing outage is seen before an auditor
+    finds entries they cannot verify."""
+    import audit.apps
+
+    org_id = new_org()
+    before = shipper.unsigned_tail()
+    record(org_id, 5)
+    ship(org_id)
+    signing_key, settings.AUDIT_SIGNING_KEY = settings.AUDIT_SIGNING_KEY, f"missing-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(KeyServiceError):  # the signing key is gone: no checkpoint is written
+        committed(shipper.checkpoint, org_id, CheckpointSigner(), True)
+    tail = shipper.unsigned_tail()
+    assert tail.entries == before.entries + 5
+    assert tail.oldest_age is not None and tail.oldest_age >= 0
+    audit.apps._unsigned_cache = (0.0, None)
+    gauges = client.get("/readyz").json()["gauges"]
+    assert gauges["audit_unsigned_entries"] == tail.entries and gauges["audit_unsigned_oldest_age_seconds"]
+    metrics = dict(
+        line.split(" ", 1) for line in client.get("/metrics").content.decode().splitlines() if line[:1] != "#"
+    )
+    assert float(metrics["telemed_audit_unsigned_entries"]) == tail.entries
+
+    settings.AUDIT_SIGNING_KEY = signing_key
+    committed(shipper.checkpoint, org_id, CheckpointSigner(), True)
+    assert shipper.unsigned_tail().entries == before.entries
 
 
 # -- the audit database refuses change, for every role -------------------------------------------------
