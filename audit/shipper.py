@@ -99,7 +99,9 @@ def unsigned_tail() -> UnsignedTail:
     """What the audit database holds beyond the newest signed checkpoint of each organization (read as the
     audit reader). Shipping goes on while Vault cannot sign, so a growing tail is how a signing outage shows:
     entries an auditor cannot yet verify against a signature."""
-    with store.reader() as reader:
+    # /readyz reads this: an unreachable or stuck audit database must cost it seconds, not hang the probe.
+    with store.reader(connect_timeout=2) as reader, reader.transaction():
+        reader.execute("SET LOCAL statement_timeout = 2000")
         rows = reader.execute(UNSIGNED_TAIL_SQL).fetchall()
     ages = [float(age) for _, age in rows if age is not None]
     return UnsignedTail(sum(int(n) for n, _ in rows), max(ages) if ages else None)

@@ -134,8 +134,11 @@ def writer() -> psycopg.Connection:
     return psycopg.connect(_conninfo(settings.AUDIT_DATABASE_URL), autocommit=False)
 
 
-def reader() -> psycopg.Connection:
-    return psycopg.connect(_conninfo(settings.AUDIT_READER_DATABASE_URL), autocommit=True)
+def reader(connect_timeout: int | None = None) -> psycopg.Connection:
+    conninfo = _conninfo(settings.AUDIT_READER_DATABASE_URL)
+    if connect_timeout:
+        conninfo = psycopg.conninfo.make_conninfo(conninfo, connect_timeout=connect_timeout)
+    return psycopg.connect(conninfo, autocommit=True)
 
 
 def owner() -> psycopg.Connection:

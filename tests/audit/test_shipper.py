@@ -245,6 +245,12 @@ def test_entries_shipped_while_signing_fails_show_as_an_unsigned_tail_until_a_ch
     committed(shipper.checkpoint, org_id, CheckpointSigner(), True)
     assert shipper.unsigned_tail().entries == before.entries
 
+    # An unreachable audit database leaves the gauges empty; the probe still answers.
+    audit.apps._unsigned_cache = (0.0, None)
+    settings.AUDIT_READER_DATABASE_URL = "postgresql://reader@127.0.0.1:9/audit"  # nothing listens on 9
+    response = client.get("/readyz")
+    assert response.status_code == 200 and response.json()["gauges"]["audit_unsigned_entries"] is None
+
 
 # -- the audit database refuses change, for every role -------------------------------------------------
 
