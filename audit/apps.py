@@ -47,17 +47,24 @@ def _outbox_age() -> float | None:
     return oldest_unshipped_age()
 
 
-_unsigned_cache: tuple[float, UnsignedTail | None] = (0.0, None)
+# (when read, the tail or None when the read failed): probes and scrapes call /readyz and /metrics often.
+_unsigned_cache: tuple[float, UnsignedTail | None] | None = None
 
 
 def _unsigned() -> UnsignedTail:
-    """The unsigned tail, read at most every 5 s per process: probes and scrapes call /readyz and /metrics
-    often, and both gauges come from one query of the audit database."""
+    """The unsigned tail, read at most every 5 s per process, and after a failed read (the audit database
+    unreachable: up to 2 s) not again for 30 s, so the probe never waits on it more than now and then. Both
+    gauges come from one read; a failure makes them report null."""
     from .shipper import unsigned_tail
 
     global _unsigned_cache
-    read_at, tail = _unsigned_cache
-    if tail is None or time.monotonic() - read_at > 5:
-        tail = unsigned_tail()
-        _unsigned_cache = (time.monotonic(), tail)
+    now = time.monotonic()
+    if _unsigned_cache is None or now - _unsigned_cache[0] > (5 if _unsigned_cache[1] is not None else 30):
+        try:
+            _unsigned_cache = (now, unsigned_tail())
+        except Exception:
+            _unsigned_cache = (now, None)
+    tail = _unsigned_cache[1]
+    if tail is None:
+        raise LookupError("the audit database could not be read")
     return tail

@@ -233,7 +233,7 @@ def test_entries_shipped_while_signing_fails_show_as_an_unsigned_tail_until_a_ch
     tail = shipper.unsigned_tail()
     assert tail.entries == before.entries + 5
     assert tail.oldest_age is not None and tail.oldest_age >= 0
-    audit.apps._unsigned_cache = (0.0, None)
+    audit.apps._unsigned_cache = None
     gauges = client.get("/readyz").json()["gauges"]
     assert gauges["audit_unsigned_entries"] == tail.entries and gauges["audit_unsigned_oldest_age_seconds"]
     metrics = dict(
@@ -246,7 +246,7 @@ def test_entries_shipped_while_signing_fails_show_as_an_unsigned_tail_until_a_ch
     assert shipper.unsigned_tail().entries == before.entries
 
     # An unreachable audit database leaves the gauges empty; the probe still answers.
-    audit.apps._unsigned_cache = (0.0, None)
+    audit.apps._unsigned_cache = None
     settings.AUDIT_READER_DATABASE_URL = "postgresql://reader@127.0.0.1:9/audit"  # nothing listens on 9
     response = client.get("/readyz")
     assert response.status_code == 200 and response.json()["gauges"]["audit_unsigned_entries"] is None
