@@ -45,6 +45,11 @@ def start_cluster(name: str, workers: int = 2, **kwargs) -> Cluster:
     return cluster.start()
 
 
+def pgbouncer_logins(cluster: Cluster) -> int:
+    """Client logins PgBouncer has seen (it logs each one, and each costs a SCRAM exchange)."""
+    return (cluster.logdir / "pgbouncer.log").read_text(errors="replace").count("login attempt")
+
+
 @pytest.fixture(scope="module")
 def cluster(request) -> Iterator[Cluster]:
     """One two-worker cluster per drill module (its name from the module's)."""

@@ -51,7 +51,7 @@ import requests
 
 from clinic.management.commands.seed_demo import DEMO_PASSWORD
 from config.cluster import Cluster
-from tests.drills.conftest import start_cluster
+from tests.drills.conftest import pgbouncer_logins, start_cluster
 from tests.video.test_aiortc_call import Signal
 
 pytestmark = pytest.mark.drill
@@ -753,11 +753,6 @@ def test_a_postgresql_restart_fails_writes_cleanly_then_they_recover_with_no_par
         f"{slowest:.2f} s; first write stored {recovered:.2f} s after the restart; audit outbox empty "
         f"{drained:.1f} s later"
     )
-
-
-def pgbouncer_logins(cluster: Cluster) -> int:
-    """Client logins PgBouncer has seen (it logs each one)."""
-    return (cluster.logdir / "pgbouncer.log").read_text(errors="replace").count("login attempt")
 
 
 def test_workers_reuse_their_database_connections_and_no_tenant_context_crosses_them(cluster):

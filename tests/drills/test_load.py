@@ -47,7 +47,7 @@ import pytest
 from clinic.management.commands.seed_demo import CLINICS, DEMO_PASSWORD, patient_email
 from config.cluster import Cluster
 from tenancy.models import Role
-from tests.drills.conftest import start_cluster
+from tests.drills.conftest import pgbouncer_logins, start_cluster
 
 pytestmark = pytest.mark.drill
 
@@ -561,7 +561,7 @@ def run_clinic_day(label: str, workers: int, minutes: float, accounts_file: Path
         # Every client login PgBouncer saw during the run (it logs each one): each costs a SCRAM exchange.
         # Django under ASGI runs each request on a thread of its own, so without the workers' pool
         # (DATABASE_POOL_SIZE) every request logs in anew.
-        logins = (cluster.logdir / "pgbouncer.log").read_text(errors="replace").count("login attempt")
+        logins = pgbouncer_logins(cluster)
         run.stats["pgbouncer_logins"] = logins
         run.stats["pgbouncer_logins_per_http_request"] = round(
             logins / max(1, run.stats["http_requests_total"]), 2
