@@ -221,6 +221,25 @@ def start_coturn(env: dict, procs: Processes) -> None:
     log(f"coturn on {turn.urls()[0]} (relays on {turn.relay_ip}; log in {turn.log}).")
 
 
+def server_command(host: str, port: str, env: dict) -> list[str]:
+    """The uvicorn command line `make run` serves the application with (tests/tenancy/test_proxy_headers.py
+    starts the same one)."""
+    return [
+        PYTHON,
+        "-m",
+        "uvicorn",
+        "config.asgi:application",
+        "--host",
+        host,
+        "--port",
+        port,
+        "--no-server-header",
+        "--proxy-headers",
+        "--forwarded-allow-ips",
+        "127.0.0.1",
+    ]
+
+
 def cmd_run() -> int:
     pg = Postgres()
     vault = Vault(persistent=True, workdir=DATA / "openbao")
@@ -250,23 +269,7 @@ def cmd_run() -> int:
         procs.start(
             [PYTHON, str(ROOT / "manage.py"), "audit_ship"], env
         )  # the audit shipper, off the request path
-        server = procs.start(
-            [
-                PYTHON,
-                "-m",
-                "uvicorn",
-                "config.asgi:application",
-                "--host",
-                host,
-                "--port",
-                port,
-                "--no-server-header",
-                "--proxy-headers",
-                "--forwarded-allow-ips",
-                "127.0.0.1",
-            ],
-            env,
-        )
+        server = procs.start(server_command(host, port, env), env)
         time.sleep(1.5)
         print_welcome(port)
         while not stopping:
