@@ -27,7 +27,9 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from django.core.exceptions import ImproperlyConfigured
 
+from config.proxies import parse_trusted_proxies
 from tests.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,7 +85,6 @@ SECRET_SETTINGS = WEB_SECRETS | SHIPPER_SECRETS | NEVER_IN_A_POD | {"DATABASE_AD
 
 # Variables telemed-config may set that config/settings.py does not read, with who reads them.
 CONFIG_READ_ELSEWHERE = {
-    "FORWARDED_ALLOW_IPS": "uvicorn --forwarded-allow-ips",
     "PYTHONDONTWRITEBYTECODE": "Python (read-only root filesystem)",
     "PYTHONUNBUFFERED": "Python",
     "REQUESTS_CA_BUNDLE": "requests (hvac)",
@@ -276,6 +277,62 @@ def web_probe_problems(docs: list[dict]) -> list[str]:
         problems.append("web does not run uvicorn config.asgi:application on port 8000")
     if "--proxy-headers" not in script(web) or "--forwarded-allow-ips" not in script(web):
         problems.append("web does not trust proxy headers from the ingress only (--forwarded-allow-ips)")
+    return problems
+
+
+# `--forwarded-allow-ips <value>` / `--forwarded-allow-ips=<value>`, quoted or not.
+FORWARDED_ALLOW_IPS = re.compile(r"--forwarded-allow-ips(?:=|\s+)(\S+)")
+TRUSTED_PROXIES_REFERENCE = {"$TRUSTED_PROXIES", "${TRUSTED_PROXIES}"}
+
+
+def proxy_trust_problems(docs: list[dict]) -> list[str]:
+    """X-Forwarded-For/-Proto (the audited client address, the https scheme) are believed from the ingress
+    controller only: uvicorn's allow list is the TRUSTED_PROXIES setting, which names private addresses and
+    never everyone; nothing else (uvicorn's FORWARDED_ALLOW_IPS, Django's old DJANGO_BEHIND_TLS_PROXY) adds
+    trust."""
+    problems = []
+    config = config_map_data(docs, "telemed-config")
+    for workload in workloads(docs):
+        pod = pod_template(workload)
+        for container in containers(pod):
+            name = f"{label(workload)}/{container['name']}"
+            for value in FORWARDED_ALLOW_IPS.findall(script(container)):
+                if value.strip("'\"") not in TRUSTED_PROXIES_REFERENCE:
+                    problems.append(
+                        f"{name}: --forwarded-allow-ips {value} is not the TRUSTED_PROXIES setting"
+                    )
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            for variable in ("FORWARDED_ALLOW_IPS", "DJANGO_BEHIND_TLS_PROXY"):
+                if variable in env:
+                    problems.append(f"{name} sets {variable}: trust comes from TRUSTED_PROXIES only")
+            if "TRUSTED_PROXIES" in env:
+                problems.append(f"{name} overrides TRUSTED_PROXIES of telemed-config")
+    for variable in ("FORWARDED_ALLOW_IPS", "DJANGO_BEHIND_TLS_PROXY"):
+        if variable in config:
+            problems.append(f"telemed-config sets {variable}: trust comes from TRUSTED_PROXIES only")
+    web = _container(docs, "Deployment", "telemed-web")
+    allow_lists = [value.strip("'\"") for value in FORWARDED_ALLOW_IPS.findall(script(web))]
+    if (
+        "--proxy-headers" not in script(web)
+        or not allow_lists
+        or allow_lists[0] not in TRUSTED_PROXIES_REFERENCE
+    ):
+        problems.append(
+            'web does not pass --proxy-headers --forwarded-allow-ips="$TRUSTED_PROXIES" to uvicorn'
+        )
+    value = config.get("TRUSTED_PROXIES", "")
+    try:
+        proxies = parse_trusted_proxies(value)
+    except ImproperlyConfigured as exc:  # what config/settings.py would refuse to start on
+        problems.append(f"telemed-config TRUSTED_PROXIES {value!r}: {exc}")
+        proxies = []
+    if not proxies:
+        problems.append("telemed-config names no TRUSTED_PROXIES: the ingress controller's pods")
+    for proxy in proxies:
+        if not ipaddress.ip_network(proxy).is_private:
+            problems.append(
+                f"TRUSTED_PROXIES {proxy} is not a private range: not the ingress controller's pods"
+            )
     return problems
 
 
@@ -496,7 +553,6 @@ def config_problems(docs: list[dict]) -> list[str]:
         "DATABASE_TRANSACTION_POOLER": "true",
         "DJANGO_DEBUG": "false",
         "DJANGO_SECURE_COOKIES": "true",
-        "DJANGO_BEHIND_TLS_PROXY": "true",
     }
     for name, value in required.items():
         if config.get(name) != value:
@@ -666,6 +722,10 @@ def test_web_probes_and_command(docs):
     assert web_probe_problems(docs) == []
 
 
+def test_proxy_trust(docs):
+    assert proxy_trust_problems(docs) == []
+
+
 def test_autoscaling_scales_out_early(docs):
     assert autoscaling_problems(docs) == []
 
@@ -754,6 +814,32 @@ REGRESSIONS = {
     "probe with the pod IP as Host": (
         web_probe_problems,
         lambda d: _container(d, "Deployment", "telemed-web")["livenessProbe"]["httpGet"].pop("httpHeaders"),
+    ),
+    "uvicorn trusts every peer": (
+        proxy_trust_problems,
+        lambda d: _container(d, "Deployment", "telemed-web").update(
+            args=[_container(d, "Deployment", "telemed-web")["args"][0].replace('"$TRUSTED_PROXIES"', "'*'")]
+        ),
+    ),
+    "TRUSTED_PROXIES is everyone": (
+        proxy_trust_problems,
+        lambda d: find(d, "ConfigMap", "telemed-config")["data"].update(TRUSTED_PROXIES="*"),
+    ),
+    "TRUSTED_PROXIES is the internet": (
+        proxy_trust_problems,
+        lambda d: find(d, "ConfigMap", "telemed-config")["data"].update(
+            TRUSTED_PROXIES="0.0.0.0/1,128.0.0.0/1"
+        ),
+    ),
+    "uvicorn's own FORWARDED_ALLOW_IPS": (
+        proxy_trust_problems,
+        lambda d: find(d, "ConfigMap", "telemed-config")["data"].update(FORWARDED_ALLOW_IPS="*"),
+    ),
+    "web without --proxy-headers": (
+        proxy_trust_problems,
+        lambda d: _container(d, "Deployment", "telemed-web").update(
+            args=[_container(d, "Deployment", "telemed-web")["args"][0].replace("--proxy-headers ", "")]
+        ),
     ),
     "HPA target at saturation": (
         autoscaling_problems,
