@@ -32,10 +32,19 @@ class Patient(TenantModel):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta(TenantModel.Meta):
+        constraints: ClassVar[list] = [
+            *TenantModel.Meta.constraints,
+            # One patient per health card in a clinic, checked by the database whatever rows the registering
+            # role can see (the blind index is per organization, so equal cards have equal tokens).
+            models.UniqueConstraint(
+                fields=["org", "health_card_index"],
+                condition=models.Q(health_card_index__isnull=False),
+                name="clinic_patient_one_per_health_card",
+            ),
+        ]
         indexes: ClassVar[list] = [
             models.Index(fields=["org", "created_at"]),
             models.Index(fields=["org", "email_index"]),
-            models.Index(fields=["org", "health_card_index"]),
             models.Index(fields=["org", "user"]),
         ]
 
@@ -75,6 +84,14 @@ class CareTeamMember(TenantModel):
     added_by = models.ForeignKey(Membership, on_delete=models.PROTECT, related_name="+", null=True)
 
     class Meta(TenantModel.Meta):
+        constraints: ClassVar[list] = [
+            *TenantModel.Meta.constraints,
+            models.CheckConstraint(
+                condition=models.Q(period_end__isnull=True)
+                | models.Q(period_end__gte=models.F("period_start")),
+                name="clinic_careteam_period_ordered",
+            ),
+        ]
         indexes: ClassVar[list] = [
             models.Index(fields=["org", "patient"]),
             models.Index(fields=["org", "practitioner"]),
@@ -109,6 +126,13 @@ class Consent(TenantModel):
             *TenantModel.Meta.constraints,
             models.UniqueConstraint(
                 fields=["org", "patient", "purpose"], name="clinic_consent_one_per_purpose"
+            ),
+            # A consent ends after it starts (a withdrawal ends it at the moment of withdrawing).
+            models.CheckConstraint(
+                condition=models.Q(period_start__isnull=True)
+                | models.Q(period_end__isnull=True)
+                | models.Q(period_end__gte=models.F("period_start")),
+                name="clinic_consent_period_ordered",
             ),
         ]
         indexes: ClassVar[list] = [models.Index(fields=["org", "purpose", "status"])]

@@ -1,14 +1,27 @@
 """Who sees which clinical row, decided by PostgreSQL.
 
-The rules read the signed context (role, purpose, user) and three helper functions that answer, once per
-statement, which patients the signed-in practitioner may treat now (care team, active encounter, open
-break-glass), which patients are the signed-in patient's own, and which patients consented to a purpose.
+The rules read the signed context (role, purpose, user) and helper functions that answer, once per
+statement, whose whole chart the signed-in practitioner may read (care team, open break-glass), which of their
+visits are open now (an encounter arrived or in progress within its visit window, or finished and awaiting its
+note), which patients they may treat (both), which patients are the signed-in patient's own, and which patients
+consented to a purpose.
+
+A visit opens the minimum its care needs (docs/adr/0012-a-visit-opens-the-visit-not-the-chart.md): the
+patient's demographics and consents, that encounter, its timeline and its notes; never the patient's other
+encounters or other practitioners' notes, which need the care team or break-glass.
 The helpers are SECURITY DEFINER functions owned by a NOLOGIN role with BYPASSRLS (created by bootstrap_db,
 `<owner>_policy`), so they can read care teams and encounters without recursing into these same policies;
 they compute only from the verified context, so a forged context still gets an error.
 """
 
 from __future__ import annotations
+
+from datetime import timedelta
+
+# The visit window: arrival and the start of a visit are accepted, and an arrived or started encounter opens
+# the visit, from an hour before the scheduled time until twelve hours after it.
+VISIT_OPENS_BEFORE = timedelta(hours=1)
+VISIT_CLOSES_AFTER = timedelta(hours=12)
 
 R = "(SELECT public.app_role())"
 P = "(SELECT public.app_purpose())"
@@ -23,6 +36,16 @@ def treatable(column: str) -> str:
     return f"{column} = ANY((SELECT public.clinic_treatable_patients())::uuid[])"
 
 
+def chart(column: str) -> str:
+    """The whole chart: care team or open break-glass, never a visit alone."""
+    return f"{column} = ANY((SELECT public.clinic_chart_patients())::uuid[])"
+
+
+def visit(column: str) -> str:
+    """An encounter of the signed-in practitioner's that is open now (its visit window, or awaiting its note)."""
+    return f"{column} = ANY((SELECT public.clinic_visit_encounters())::uuid[])"
+
+
 def own(column: str) -> str:
     return f"{column} = ANY((SELECT public.clinic_own_patients())::uuid[])"
 
@@ -34,14 +57,14 @@ def analytics_consent(column: str) -> str:
 
 # Periods are compared with clock_timestamp(), not now(): now() is the transaction's start, which can be
 # earlier than a period the application just wrote, and the answer must hold at the moment of the statement.
-HELPERS_SQL = r"""
+_HELPERS_SQL = r"""
 CREATE OR REPLACE FUNCTION public.clinic_my_membership() RETURNS uuid
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
     SELECT m.id FROM public.tenancy_membership m
     WHERE m.org_id = public.app_org_id() AND m.user_id = public.app_user_id() AND m.is_active
 $fn$;
 
-CREATE OR REPLACE FUNCTION public.clinic_treatable_patients() RETURNS uuid[]
+CREATE OR REPLACE FUNCTION public.clinic_chart_patients() RETURNS uuid[]
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
     WITH me AS (
         SELECT m.id, m.org_id FROM public.tenancy_membership m
@@ -53,15 +76,68 @@ LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS 
             ON ct.org_id = me.org_id AND ct.practitioner_id = me.id
         WHERE ct.period_start <= clock_timestamp() AND (ct.period_end IS NULL OR ct.period_end > clock_timestamp())
         UNION ALL
-        SELECT e.patient_id FROM public.clinic_encounter e JOIN me
-            ON e.org_id = me.org_id AND e.practitioner_id = me.id
-        WHERE e.status IN ('arrived', 'in-progress')
-        UNION ALL
         SELECT b.patient_id FROM public.clinic_breakglass b JOIN me
             ON b.org_id = me.org_id AND b.practitioner_id = me.id
         WHERE b.closed_at IS NULL AND b.expires_at > clock_timestamp() AND public.app_purpose() <> 'analytics'
     ) reachable
 $fn$;
+
+-- A visit is open while the encounter is arrived or in progress and the clock is inside its window around the
+-- scheduled time (so a status forced outside the window opens nothing), or once finished while its note is
+-- still owed (documentation_required).
+CREATE OR REPLACE FUNCTION public.clinic_visits() RETURNS TABLE (encounter_id uuid, patient_id uuid)
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT e.id, e.patient_id FROM public.clinic_encounter e JOIN public.tenancy_membership m
+        ON e.org_id = m.org_id AND e.practitioner_id = m.id
+    WHERE m.org_id = public.app_org_id() AND m.user_id = public.app_user_id() AND m.is_active
+      AND m.role = 'practitioner' AND public.app_role() = 'practitioner'
+      AND ((e.status IN ('arrived', 'in-progress')
+            AND clock_timestamp() >= e.scheduled_at - interval '{opens_before}'
+            AND clock_timestamp() < e.scheduled_at + interval '{closes_after}')
+           OR (e.status = 'finished' AND e.documentation_required))
+$fn$;
+
+CREATE OR REPLACE FUNCTION public.clinic_visit_encounters() RETURNS uuid[]
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT coalesce(array_agg(encounter_id), '{}') FROM public.clinic_visits()
+$fn$;
+
+CREATE OR REPLACE FUNCTION public.clinic_treatable_patients() RETURNS uuid[]
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT coalesce(array_agg(DISTINCT patient_id), '{}') FROM (
+        SELECT unnest(public.clinic_chart_patients()) AS patient_id
+        UNION ALL
+        SELECT patient_id FROM public.clinic_visits()
+    ) reachable
+$fn$;
+
+-- Arrival and the start of a visit happen near its scheduled time: a status moved out of 'planned' far from
+-- it is refused here too, whatever the application said (the platform role, which imports history, excepted).
+CREATE OR REPLACE FUNCTION public.clinic_encounter_opens_in_its_window() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    -- Who the visit is with never changes, and only the front desk reschedules: otherwise a practitioner
+    -- could point their own encounter at another patient, or move it to now, and open that visit.
+    IF (NEW.patient_id IS DISTINCT FROM OLD.patient_id OR NEW.practitioner_id IS DISTINCT FROM OLD.practitioner_id)
+            AND public.app_role() IS DISTINCT FROM 'platform' THEN
+        RAISE EXCEPTION 'an encounter''s patient and practitioner do not change' USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.scheduled_at IS DISTINCT FROM OLD.scheduled_at AND public.app_role() NOT IN ('staff', 'platform') THEN
+        RAISE EXCEPTION 'only the front desk reschedules an encounter' USING ERRCODE = 'check_violation';
+    END IF;
+    IF OLD.status = 'planned' AND NEW.status IN ('arrived', 'in-progress')
+            AND public.app_role() IS DISTINCT FROM 'platform'
+            AND NOT (clock_timestamp() >= NEW.scheduled_at - interval '{opens_before}'
+                     AND clock_timestamp() < NEW.scheduled_at + interval '{closes_after}') THEN
+        RAISE EXCEPTION 'an encounter is arrived or started only within its visit window'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END
+$fn$;
+DROP TRIGGER IF EXISTS clinic_encounter_opens_in_its_window ON clinic_encounter;
+CREATE TRIGGER clinic_encounter_opens_in_its_window BEFORE UPDATE ON clinic_encounter
+    FOR EACH ROW EXECUTE FUNCTION public.clinic_encounter_opens_in_its_window();
 
 CREATE OR REPLACE FUNCTION public.clinic_own_patients() RETURNS uuid[]
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
@@ -86,6 +162,9 @@ BEGIN
             policy_role;
     END IF;
     EXECUTE format('ALTER FUNCTION public.clinic_my_membership() OWNER TO %I', policy_role);
+    EXECUTE format('ALTER FUNCTION public.clinic_chart_patients() OWNER TO %I', policy_role);
+    EXECUTE format('ALTER FUNCTION public.clinic_visits() OWNER TO %I', policy_role);
+    EXECUTE format('ALTER FUNCTION public.clinic_visit_encounters() OWNER TO %I', policy_role);
     EXECUTE format('ALTER FUNCTION public.clinic_treatable_patients() OWNER TO %I', policy_role);
     EXECUTE format('ALTER FUNCTION public.clinic_own_patients() OWNER TO %I', policy_role);
     EXECUTE format('ALTER FUNCTION public.clinic_consented_patients(text) OWNER TO %I', policy_role);
@@ -93,10 +172,19 @@ END
 $do$;
 """
 
+HELPERS_SQL = _HELPERS_SQL.replace(
+    "{opens_before}", f"{int(VISIT_OPENS_BEFORE.total_seconds())} seconds"
+).replace("{closes_after}", f"{int(VISIT_CLOSES_AFTER.total_seconds())} seconds")
+
 DROP_HELPERS_SQL = """
 DROP FUNCTION IF EXISTS public.clinic_consented_patients(text);
 DROP FUNCTION IF EXISTS public.clinic_own_patients();
+DROP TRIGGER IF EXISTS clinic_encounter_opens_in_its_window ON clinic_encounter;
+DROP FUNCTION IF EXISTS public.clinic_encounter_opens_in_its_window();
 DROP FUNCTION IF EXISTS public.clinic_treatable_patients();
+DROP FUNCTION IF EXISTS public.clinic_visit_encounters();
+DROP FUNCTION IF EXISTS public.clinic_visits();
+DROP FUNCTION IF EXISTS public.clinic_chart_patients();
 DROP FUNCTION IF EXISTS public.clinic_my_membership();
 """
 
@@ -121,7 +209,7 @@ PRACTITIONER_PROFILE = {
 
 CARE_TEAM = {
     "select": f"{PLATFORM} OR {R} IN ('staff', 'org_admin')"
-    f" OR ({R} = 'practitioner' AND (practitioner_id = {MINE} OR {treatable('patient_id')}))"
+    f" OR ({R} = 'practitioner' AND (practitioner_id = {MINE} OR {chart('patient_id')}))"
     f" OR ({R} = 'patient' AND {own('patient_id')})",
     "insert": f"{PLATFORM} OR {R} IN ('staff', 'org_admin')",
     "update": f"{PLATFORM} OR {R} IN ('staff', 'org_admin')",
@@ -142,7 +230,7 @@ CONSENT_EVENT = {**CONSENT, "update": NEVER, "delete": NEVER}
 
 ENCOUNTER = {
     "select": f"{PLATFORM} OR {R} = 'staff'"
-    f" OR ({R} = 'practitioner' AND (practitioner_id = {MINE} OR ({CLINICAL} AND {treatable('patient_id')})))"
+    f" OR ({R} = 'practitioner' AND (practitioner_id = {MINE} OR ({CLINICAL} AND {chart('patient_id')})))"
     f" OR ({R} = 'patient' AND {own('patient_id')}) OR ({R} = 'org_admin' AND {P} = 'analytics')",
     "insert": f"{PLATFORM} OR {R} = 'staff' OR ({R} = 'practitioner' AND practitioner_id = {MINE})",
     "update": f"{PLATFORM} OR {R} = 'staff' OR ({R} = 'practitioner' AND practitioner_id = {MINE})"
@@ -153,23 +241,26 @@ ENCOUNTER = {
 # Timeline rows are written by the services right after the encounter change they describe, which the
 # encounter's own rules already checked.
 ENCOUNTER_EVENT = {
-    "select": f"{PLATFORM} OR {R} = 'staff' OR ({R} = 'practitioner' AND {treatable('patient_id')})"
+    "select": f"{PLATFORM} OR {R} = 'staff'"
+    f" OR ({R} = 'practitioner' AND ({chart('patient_id')} OR {visit('encounter_id')}))"
     f" OR ({R} = 'patient' AND {own('patient_id')})",
     "insert": f"{PLATFORM} OR {R} IN ('staff', 'practitioner') OR ({R} = 'patient' AND {own('patient_id')})",
     "update": NEVER,
     "delete": NEVER,
 }
 
+# A practitioner reaches the notes of a chart they hold, or of the open visit they are in, no others.
+NOTE_REACH = f"({chart('patient_id')} OR {visit('encounter_id')})"
+
 # Staff never see notes; patients see only their signed notes; a signed note cannot be updated by anyone
 # but the platform (re-encryption), because the UPDATE rule requires the old row to be a draft.
 CLINICAL_NOTE = {
-    "select": f"{PLATFORM} OR ({R} = 'practitioner' AND {CLINICAL} AND {treatable('patient_id')})"
+    "select": f"{PLATFORM} OR ({R} = 'practitioner' AND {CLINICAL} AND {NOTE_REACH})"
     f" OR ({R} = 'patient' AND status = 'signed' AND {own('patient_id')})",
-    "insert": f"{PLATFORM} OR ({R} = 'practitioner' AND {CLINICAL} AND {treatable('patient_id')}"
-    f" AND author_id = {MINE})",
+    "insert": f"{PLATFORM} OR ({R} = 'practitioner' AND {CLINICAL} AND {NOTE_REACH} AND author_id = {MINE})",
     "update": f"{PLATFORM} OR ({R} = 'practitioner' AND author_id = {MINE} AND status = 'draft')",
     "update_check": f"{PLATFORM} OR ({R} = 'practitioner' AND author_id = {MINE} AND {CLINICAL}"
-    f" AND {treatable('patient_id')})",
+    f" AND {NOTE_REACH})",
     "delete": PLATFORM,
 }
 

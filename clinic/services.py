@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import unicodedata
 import uuid
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -36,10 +37,13 @@ from .models import (
     EncounterEvent,
     Patient,
 )
+from .rls import VISIT_CLOSES_AFTER, VISIT_OPENS_BEFORE
 
 logger = logging.getLogger("clinic.phi")
 
 SMALL_COUNT = 5  # reports suppress any count below this (re-identification risk)
+ROUND_TO = 5  # and round the rest, so a total cannot be differenced against its suppressed parts
+AGE_BANDS = ("0-17", "18-39", "40-64", "65+")
 BREAK_GLASS_DEFAULT_MINUTES = 60
 BREAK_GLASS_MAX_MINUTES = 240
 
@@ -124,6 +128,12 @@ def record_phi_reads(*, resource: str, rows: list[tuple[Any, Any]], via: str = "
     ]
     if batch:
         events.publish("phi_many", {"events": batch})
+
+
+def visible_length(text: str) -> int:
+    """Characters a reader sees: not spaces, separators, controls or invisible format characters (zero-width
+    spaces and joiners, direction marks), which would otherwise fill a required explanation with nothing."""
+    return sum(1 for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch)[0] not in "ZC")
 
 
 def _not_found() -> ApiError:
@@ -216,21 +226,39 @@ def search_patients(*, email: str = "", health_card_number: str = ""):
     return queryset
 
 
+def _duplicate_patient() -> ApiError:
+    # The same answer whether or not the caller may see the existing patient: that one exists is all it says.
+    return ApiError(
+        "duplicate_patient",
+        "A patient with this health card number is already registered in this clinic. If they are in your "
+        "care, ask the front desk to add you to their care team.",
+        409,
+        {"health_card_number": ["Already registered."]},
+    )
+
+
+def _save_patient(patient: Patient, **kwargs) -> None:
+    """Save, turning the database's one-patient-per-health-card constraint into a clear 409. The constraint
+    sees every row of the clinic, including those the caller's row policies hide."""
+    try:
+        with transaction.atomic():
+            patient.save(**kwargs)
+    except IntegrityError as exc:
+        if getattr(getattr(exc.__cause__, "diag", None), "constraint_name", "") == HEALTH_CARD_CONSTRAINT:
+            raise _duplicate_patient() from None
+        raise
+
+
+HEALTH_CARD_CONSTRAINT = "clinic_patient_one_per_health_card"
+
+
 @transaction.atomic
 def register_patient(*, actor: Membership, data: dict) -> Patient:
     org_id = current().org_id  # type: ignore[union-attr]
-    health_card = data.get("health_card_number")
-    if health_card and Patient.objects.filter(health_card_number=health_card).exists():
-        raise ApiError(
-            "duplicate_patient",
-            "A patient with this health card number is already registered.",
-            409,
-            {"health_card_number": ["Already registered."]},
-        )
     if org_id is None:
         raise ApiError("unknown_host", "No organization is served at this host.", 404)
     patient = Patient(org_id=org_id, **{k: v for k, v in data.items() if k in PATIENT_FIELDS})
-    patient.save(force_insert=True)
+    _save_patient(patient, force_insert=True)
     record_phi_access(
         action="create",
         resource="Patient",
@@ -255,7 +283,7 @@ def update_patient(*, patient: Patient, actor: Membership, data: dict) -> Patien
     before = state_hash(patient)
     for name, value in data.items():
         setattr(patient, name, value)
-    patient.save()
+    _save_patient(patient)
     record_phi_access(
         action="update",
         resource="Patient",
@@ -268,6 +296,17 @@ def update_patient(*, patient: Patient, actor: Membership, data: dict) -> Patien
 
 
 # -- care team ----------------------------------------------------------------------------------------
+
+
+def _check_period_end(until: datetime | None, now: datetime) -> None:
+    """A period starts now, so its end is later than now (the database also refuses an end before a start)."""
+    if until is not None and until <= now:
+        raise ApiError(
+            "invalid_period",
+            "The end of the period must be in the future.",
+            400,
+            {"until": ["Must be later than now."]},
+        )
 
 
 @transaction.atomic
@@ -287,6 +326,7 @@ def assign_care_team(
             {"practitioner": ["This member is not a practitioner."]},
         )
     now = _now()
+    _check_period_end(until, now)
     existing = (
         CareTeamMember.objects.filter(patient=patient, practitioner=practitioner)
         .filter(Q(period_end__isnull=True) | Q(period_end__gt=now))
@@ -351,6 +391,7 @@ def grant_consent(
             {"purpose": [f"Choose one of {', '.join(Consent.Purpose.values)}."]},
         )
     now = _now()
+    _check_period_end(until, now)
     consent = Consent.objects.select_for_update().filter(patient=patient, purpose=purpose).first()
     action = "grant"
     before = state_hash(consent)
@@ -422,7 +463,8 @@ TRANSITIONS: dict[str, tuple[set[str], str | None]] = {
     "end": ({S.IN_PROGRESS}, S.FINISHED),
     "cancel": ({S.PLANNED, S.ARRIVED}, S.CANCELLED),
 }
-# Who may take each action: the encounter's practitioner ends and admits; anyone involved may arrive/cancel.
+# Who may take each action: the encounter's own practitioner (never a colleague, care team or not), the front
+# desk and the patient arrive and cancel; only the encounter's practitioner admits, starts and ends.
 ACTORS = {
     "arrive": {Role.PATIENT, Role.STAFF, Role.PRACTITIONER},
     "admit": {Role.PRACTITIONER},
@@ -478,6 +520,20 @@ def schedule_encounter(
     return encounter
 
 
+def check_visit_window(encounter: Encounter, now: datetime) -> None:
+    """Arrival and the start of a visit happen near its scheduled time. An arrived or started encounter opens
+    the visit to its practitioner (clinic/rls.py), so this is a rule of access, not only of the calendar;
+    the database refuses the same change outside the same window."""
+    opens, closes = encounter.scheduled_at - VISIT_OPENS_BEFORE, encounter.scheduled_at + VISIT_CLOSES_AFTER
+    if not opens <= now < closes:
+        raise ApiError(
+            "outside_visit_window",
+            f"This visit can be checked in or started from {opens.isoformat()} until {closes.isoformat()}.",
+            409,
+            {"scheduled_at": ["The visit is not open now."]},
+        )
+
+
 @transaction.atomic
 def transition_encounter(*, encounter: Encounter, action: str, actor: Membership) -> Encounter:
     """arrive, admit, start, end, cancel: validated against the encounter's state and the actor's role."""
@@ -486,13 +542,13 @@ def transition_encounter(*, encounter: Encounter, action: str, actor: Membership
     sources, target = TRANSITIONS[action]
     if actor.role not in ACTORS[action]:
         raise ApiError("not_permitted", f"Your role cannot {action} an encounter.", 403)
-    if (
-        actor.role == Role.PRACTITIONER
-        and action in ("admit", "start", "end")
-        and encounter.practitioner_id != actor.pk
-    ):
+    if actor.role == Role.PRACTITIONER and encounter.practitioner_id != actor.pk:
         raise ApiError("not_permitted", "Only the encounter's practitioner can do this.", 403)
-    encounter = Encounter.objects.select_for_update().get(pk=encounter.pk)
+    # The row lock needs the right to update the row; a caller who may see but not change it was refused above.
+    locked = Encounter.objects.select_for_update().filter(pk=encounter.pk).first()
+    if locked is None:
+        raise ApiError("not_permitted", f"You cannot {action} this encounter.", 403)
+    encounter = locked
     if encounter.status not in sources:
         raise ApiError(
             "invalid_transition",
@@ -500,8 +556,14 @@ def transition_encounter(*, encounter: Encounter, action: str, actor: Membership
             409,
             {"status": [f"Allowed from: {', '.join(sorted(sources))}."]},
         )
-    before = state_hash(encounter)
     now = _now()
+    ctx = current()
+    importing_history = (
+        ctx is not None and ctx.role == "platform"
+    )  # operators' imports, as the trigger allows
+    if action in ("arrive", "start") and encounter.status == S.PLANNED and not importing_history:
+        check_visit_window(encounter, now)
+    before = state_hash(encounter)
     if target is not None:
         encounter.status = target
     if action == "admit":
@@ -664,7 +726,7 @@ def open_break_glass(
     require_purpose(PurposeOfUse.EMERGENCY)
     if actor.role != Role.PRACTITIONER:
         raise ApiError("not_permitted", "Only practitioners may break the glass.", 403)
-    if not reason or len(reason.strip()) < 10:
+    if visible_length(reason or "") < 10:
         raise ApiError(
             "reason_required",
             "State the emergency (at least 10 characters).",
@@ -733,7 +795,11 @@ def get_break_glass_for_user(grant_id: uuid.UUID) -> BreakGlass:
 
 
 def _suppress(count: int) -> int | None:
-    return count if count >= SMALL_COUNT else None
+    """Below SMALL_COUNT: null. Otherwise rounded to the nearest ROUND_TO, so that one patient joining or leaving
+    a suppressed cell does not show as a change of one in a total or a neighbouring cell."""
+    if count < SMALL_COUNT:
+        return None
+    return ROUND_TO * ((count + ROUND_TO // 2) // ROUND_TO)
 
 
 def _age_band(birth: date, today: date) -> str:
@@ -749,14 +815,16 @@ def _age_band(birth: date, today: date) -> str:
 
 def consent_aware_summary() -> dict:
     """Aggregates under the analytics purpose. Patients without analytics consent are not in the data at
-    all (a restrictive row policy); counts below SMALL_COUNT are suppressed (null)."""
+    all (a restrictive row policy); counts below SMALL_COUNT are suppressed (null), the rest rounded, and every
+    band and status is always present, so that neither a key appearing nor a total moving by one gives a
+    single patient away."""
     require_purpose(PurposeOfUse.ANALYTICS)
     today = timezone.localdate()
-    bands: dict[str, int] = {}
+    bands: dict[str, int] = dict.fromkeys(AGE_BANDS, 0)
     for patient in Patient.objects.only("id", "org_id", "birth_date"):
         if patient.birth_date:
             band = _age_band(patient.birth_date, today)
-            bands[band] = bands.get(band, 0) + 1
+            bands[band] += 1
     encounter_counts = {
         row["status"]: row["n"] for row in Encounter.objects.values("status").annotate(n=Count("id"))
     }
@@ -764,8 +832,9 @@ def consent_aware_summary() -> dict:
     record_phi_access(action="report", resource="Report", detail={"report": "summary"})
     return {
         "suppression_threshold": SMALL_COUNT,
+        "rounded_to": ROUND_TO,
         "patients": _suppress(patients),
-        "patients_by_age_band": {band: _suppress(n) for band, n in sorted(bands.items())},
+        "patients_by_age_band": {band: _suppress(bands[band]) for band in AGE_BANDS},
         "encounters_by_status": {status: _suppress(encounter_counts.get(status, 0)) for status in S.values},
         "documentation_required": _suppress(Encounter.objects.filter(documentation_required=True).count()),
     }

@@ -224,11 +224,16 @@ class BlindIndexField(models.CharField):
     def pre_save(self, model_instance, add):
         source: EncryptedField = model_instance._meta.get_field(self.source)
         raw = model_instance.__dict__.get(source.attname)
-        remembered = model_instance.__dict__.get(_sealed_slot(source.attname))
-        current_token = model_instance.__dict__.get(self.attname)
-        if isinstance(raw, Sealed) or (remembered is not None and remembered[1] == raw and current_token):
-            return current_token  # source unchanged since it was read
-        token = None if raw is None else index_token(model_instance.org_id, source, raw)
+        if isinstance(raw, Sealed):
+            return model_instance.__dict__.get(self.attname)  # never opened, so unchanged since it was read
+        # Always from the plaintext being saved: the source field seals first and remembers the new value, so
+        # "unchanged since read" cannot be told from its slot here, and a stale token would find the old value.
+        # A value with nothing to match on (blank, or only separators) has no token: it matches no one.
+        token = (
+            None
+            if raw is None or not source.normalize(raw)
+            else index_token(model_instance.org_id, source, raw)
+        )
         setattr(model_instance, self.attname, token)
         return token
 
