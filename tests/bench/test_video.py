@@ -84,7 +84,7 @@ def clinic_with_encounters(count: int) -> list[dict]:
                 patient=patient,
                 practitioner=doctor,
                 actor=staff,
-                scheduled_at=start + datetime.timedelta(minutes=i),
+                scheduled_at=start + datetime.timedelta(seconds=i),  # all inside their visit window
                 reason="bench video visit",
             )
             calls.append(
