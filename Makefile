@@ -24,17 +24,17 @@ $(CHECKOV):
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m config.devstack run
+	$(BIN)/python -m devstack run
 
 test: $(STAMP) $(CHECKOV)
-	$(BIN)/python -m config.devstack test $(PYTEST_ARGS)
+	$(BIN)/python -m devstack test $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python -m config.devstack bench
+	$(BIN)/python -m devstack bench
 
 # Against the stack `make run` started, e.g. make manage ARGS="audit_export --org northwind --out /tmp/audit"
 manage: $(STAMP)
-	$(BIN)/python -m config.devstack manage $(ARGS)
+	$(BIN)/python -m devstack manage $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -45,17 +45,17 @@ clean:
 	rm -rf $(VENV) .venv-checkov .data .bench *.egg-info
 
 # A production-shaped cluster on loopback: nginx, WORKERS uvicorn workers (default 2), PgBouncer in transaction
-# mode, PostgreSQL, Redis, OpenBao, coturn and the audit shipper (config/cluster.py), on CLUSTER_PORT (8080).
+# mode, PostgreSQL, Redis, OpenBao, coturn and the audit shipper (devstack/cluster.py), on CLUSTER_PORT (8080).
 WORKERS ?= 2
 CLUSTER_PORT ?= 8080
 cluster: $(STAMP)
-	$(BIN)/python -m config.cluster up --workers $(WORKERS) --port $(CLUSTER_PORT)
+	$(BIN)/python -m devstack.cluster up --workers $(WORKERS) --port $(CLUSTER_PORT)
 
 # The isolation suite again through PgBouncer (transaction mode), then the failure drills and the clinic-day
 # load test (tests/drills), each against a loopback cluster of its own. .ci/run calls it after make test.
 drills: $(STAMP)
-	$(BIN)/python -m config.devstack drills $(PYTEST_ARGS)
+	$(BIN)/python -m devstack drills $(PYTEST_ARGS)
 
 # Change the running cluster's number of workers without restarting anything: make cluster-scale WORKERS=3
 cluster-scale: $(STAMP)
-	$(BIN)/python -m config.cluster scale $(WORKERS)
+	$(BIN)/python -m devstack.cluster scale $(WORKERS)

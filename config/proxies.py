@@ -14,7 +14,7 @@ unset: it would believe X-Forwarded-Proto from any peer).
   connect from: uvicorn takes the right-most X-Forwarded-For entry that is not a trusted proxy.
 
 Anything that is not an address or a network, `*`, or a network of every address, refuses to start.
-Imported by config.settings and by the launchers (config/devstack.py, config/cluster.py); no Django needed.
+Imported by config.settings and by the launchers (devstack/launcher.py, devstack/cluster.py); no Django needed.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Shared fixtures: two organizations committed once per run, API clients per host, raw runtime connections.
 
-`make test` (config/devstack.py) has already created a fresh database with the owner and runtime roles and
+`make test` (devstack/launcher.py) has already created a fresh database with the owner and runtime roles and
 migrated it as the owner, so pytest-django's own database creation is replaced by seeding two clinics.
 Tests then run as the runtime role: the one the server uses, bound by row-level security.
 """

@@ -3,7 +3,7 @@
 Every benchmark module sets `pytestmark = pytest.mark.bench`. Unless the `-m` expression names `bench`, the
 tests under tests/bench/ (and anything else marked `bench`) are deselected, not skipped, so the normal suite
 shows no skip lines for them, only a "deselected" count. To run one benchmark by hand:
-`python -m config.devstack test tests/bench/test_tenant_scope.py -m bench`.
+`python -m devstack test tests/bench/test_tenant_scope.py -m bench`.
 At the end of a session the tables the benchmarks reported (tests/bench/reporting.py) are printed.
 """
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from config.devvault import DevVault, bao_binary
+from devstack.vault import DevVault, bao_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 SETUP = ROOT / "deploy" / "openbao" / "setup.sh"

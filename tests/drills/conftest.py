@@ -1,6 +1,6 @@
-"""Failure drills and the clinic-day load test, against the loopback cluster (config/cluster.py).
+"""Failure drills and the clinic-day load test, against the loopback cluster (devstack/cluster.py).
 
-They run with `make drills` (`python -m config.devstack drills`), which `.ci/run` calls after `make test`:
+They run with `make drills` (`python -m devstack drills`), which `.ci/run` calls after `make test`:
 each module starts its own cluster (PostgreSQL, PgBouncer, Redis, OpenBao, coturn, uvicorn workers, the audit
 shipper and nginx) and breaks parts of it. Like the benchmarks they are deselected, not skipped, unless the
 `-m` expression names `drill`, so `make test` stays fast.
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from config.cluster import Cluster, missing_packages
-from config.devstack import DATA
+from devstack.cluster import Cluster, missing_packages
+from devstack.stack import DATA
 from tests.tools import require_tool
 
 HERE = Path(__file__).resolve().parent

@@ -1,4 +1,4 @@
-"""Failure drills: a production-shaped cluster on loopback (config/cluster.py) loses one part at a time, the way
+"""Failure drills: a production-shaped cluster on loopback (devstack/cluster.py) loses one part at a time, the way
 production loses it, and the rest must degrade loudly, recover by itself and lose nothing.
 
 - Vault stopped for 60 s: every worker keeps serving the records whose keys it holds; a clinic no worker has
@@ -22,7 +22,7 @@ production loses it, and the rest must degrade loudly, recover by itself and los
 They run in that order on one cluster for the module, about four minutes in all with its start, and then a check
 that the workers' pooled database connections carry no tenant context from one request to the next:
 
-    TEST_DATABASE_NAME=drills_dev .venv/bin/python -m config.devstack test tests/drills/test_failures.py \\
+    TEST_DATABASE_NAME=drills_dev .venv/bin/python -m devstack test tests/drills/test_failures.py \\
         -m drill -x -q -p no:randomly
 """
 
@@ -50,7 +50,7 @@ import pytest
 import requests
 
 from clinic.management.commands.seed_demo import DEMO_PASSWORD
-from config.cluster import Cluster
+from devstack.cluster import Cluster
 from tests.drills.conftest import pgbouncer_logins, start_cluster
 from tests.video.test_aiortc_call import Signal
 

@@ -1,6 +1,6 @@
 """The clinic-day load test: locust (tests/load/locustfile.py) against a one-worker and a two-worker cluster.
 
-Each run starts a fresh cluster (config/cluster.py), runs the same users at the same spawn rate for
+Each run starts a fresh cluster (devstack/cluster.py), runs the same users at the same spawn rate for
 LOAD_MINUTES_ONE (one worker, default 4) and LOAD_MINUTES (two workers, default 10) minutes, and meanwhile
 samples `/readyz` every few seconds for the audit backlog's age and every process's CPU time (psutil). Then it
 waits for the outbox to drain, exports each clinic's audit log (`manage.py audit_export`), verifies the exports
@@ -13,7 +13,7 @@ and `.bench/load-report.json` (throughput, p50/p99, the two/one ratio, CPU by pr
 maximum age, audited requests counted and found) and prints the markdown. The run's files (locust CSVs, what
 locust recorded) stay under `.bench/load/<run>/`; the exports are deleted once checked.
 
-    LOAD_MINUTES=1 LOAD_MINUTES_ONE=1 TEST_DATABASE_NAME=load_dev .venv/bin/python -m config.devstack test \\
+    LOAD_MINUTES=1 LOAD_MINUTES_ONE=1 TEST_DATABASE_NAME=load_dev .venv/bin/python -m devstack test \\
         tests/drills/test_load.py -m drill -q -p no:randomly -s
 
 LOAD_USERS (default 60) and LOAD_SPAWN_RATE (default 2 per second: a faster stampede of sign-ins, each an Argon2
@@ -45,7 +45,7 @@ import psutil
 import pytest
 
 from clinic.management.commands.seed_demo import CLINICS, DEMO_PASSWORD, patient_email
-from config.cluster import Cluster
+from devstack.cluster import Cluster
 from tenancy.models import Role
 from tests.drills.conftest import pgbouncer_logins, start_cluster
 

@@ -2,7 +2,7 @@
 uvicorn workers, the audit shipper moving events into the signed log.
 
 nginx overwrites X-Forwarded-For with the address its client connected from and X-Forwarded-Proto with its own
-scheme (http here); it connects to the workers from an address of its own on loopback (config/cluster.py,
+scheme (http here); it connects to the workers from an address of its own on loopback (devstack/cluster.py,
 NGINX_SOURCE), and the workers trust forwarded headers from that address only (TRUSTED_PROXIES). So:
 
 - through nginx, a forged `X-Forwarded-For: 203.0.113.9` is dropped and the signed log records the client's
@@ -14,7 +14,7 @@ NGINX_SOURCE), and the workers trust forwarded headers from that address only (T
 
 Run with `make drills`, or alone:
 
-    TEST_DATABASE_NAME=drills_proxy .venv/bin/python -m config.devstack test tests/drills/test_proxy_headers.py \\
+    TEST_DATABASE_NAME=drills_proxy .venv/bin/python -m devstack test tests/drills/test_proxy_headers.py \\
         -m drill -q -p no:randomly
 """
 
@@ -29,7 +29,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from config.cluster import Cluster
+from devstack.cluster import Cluster
 from tests.drills.conftest import start_cluster
 
 pytestmark = pytest.mark.drill

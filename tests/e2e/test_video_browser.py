@@ -91,7 +91,7 @@ def turn(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def asgi_server(turn, tmp_path_factory):
-    """uvicorn on a free loopback port with the test database's environment (config/devstack.py)."""
+    """uvicorn on a free loopback port with the test database's environment (devstack/launcher.py)."""
     log = tmp_path_factory.mktemp("uvicorn") / "server.log"
     turn_env = {k: v for k, v in (turn or {}).items() if k.startswith("TURN_")}
     with uvicorn_server(log, turn_env) as port:

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from clinic.models import Patient
-from config.devvault import DevVault
+from devstack.vault import DevVault
 from tenancy.crypto import envelope, operations
 from tenancy.crypto.envelope import CiphertextError, Sealed
 from tenancy.crypto.fields import EncryptedFieldError

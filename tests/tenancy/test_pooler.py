@@ -16,8 +16,8 @@ import psycopg
 import pytest
 from django.conf import settings
 
-from config.cluster import find_binary, pgbouncer_service
-from config.devstack import DATA
+from devstack.cluster import find_binary, pgbouncer_service
+from devstack.stack import DATA
 from tenancy.context import TenantContext
 from tests.tools import require_tool
 

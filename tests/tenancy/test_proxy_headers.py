@@ -1,6 +1,6 @@
 """Forged X-Forwarded-For / X-Forwarded-Proto against the `make run` topology: uvicorn alone, no proxy in front.
 
-The server is started with exactly the command line `make run` uses (config.devstack.server_command) and the
+The server is started with exactly the command line `make run` uses (devstack.launcher.server_command) and the
 test database's environment, with TRUSTED_PROXIES unset (the default). A client on loopback, the only peer
 there is, sends a failed sign-in, a sign-in and a read of a health record, each with a forged
 `X-Forwarded-For: 203.0.113.9` and `X-Forwarded-Proto: https`. The audit outbox must record the address the
@@ -29,8 +29,8 @@ import requests
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 
-from config import devstack
 from config.proxies import parse_trusted_proxies, uvicorn_proxy_arguments
+from devstack import launcher
 from tenancy.context import tenant_context
 from tests.conftest import PASSWORD
 from tests.video.test_signalling import committed
@@ -56,7 +56,7 @@ def make_run_server(log: Path) -> Iterator[int]:
     env.update({"DJANGO_SECURE_COOKIES": "false", "PYTHONUNBUFFERED": "1"})
     with log.open("wb") as out:
         process = subprocess.Popen(
-            devstack.server_command("127.0.0.1", str(port), env),
+            launcher.server_command("127.0.0.1", str(port), env),
             env=env,
             cwd=ROOT,
             stdout=out,
@@ -163,10 +163,10 @@ def test_make_run_records_the_real_address_not_a_forged_x_forwarded_for(server_p
 def test_make_run_trusts_no_proxy_headers_unless_a_proxy_is_configured():
     """The command line itself: no TRUSTED_PROXIES, no forwarded-header trust in uvicorn (whose own default
     would trust 127.0.0.1)."""
-    command = devstack.server_command("127.0.0.1", "8000", {})
+    command = launcher.server_command("127.0.0.1", "8000", {})
     assert "--no-proxy-headers" in command
     assert not any(part.startswith("--forwarded-allow-ips") for part in command)
-    trusted = devstack.server_command("127.0.0.1", "8000", {"TRUSTED_PROXIES": "10.0.0.5, 10.1.0.0/16"})
+    trusted = launcher.server_command("127.0.0.1", "8000", {"TRUSTED_PROXIES": "10.0.0.5, 10.1.0.0/16"})
     assert trusted[-2:] == ["--proxy-headers", "--forwarded-allow-ips=10.0.0.5,10.1.0.0/16"]
 
 

@@ -13,7 +13,7 @@ the drills can restart them without touching anything else on the machine. PgBou
 from Debian's packages; coturn too, and is left out (with a message) when it is not installed. Each component
 can be stopped, killed and started again by the drills; the workers are stateless, so any of them can go.
 
-`python -m config.cluster up [--workers N] [--port P]` runs it in the foreground until Ctrl-C.
+`python -m devstack.cluster up [--workers N] [--port P]` runs it in the foreground until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from config import devstack
-from config.devstack import ROOT, dev_secrets, log, stack_environment
-from config.devvault import DevVault, free_port
 from config.proxies import parse_trusted_proxies, uvicorn_proxy_arguments
+from devstack import stack
+from devstack.stack import ROOT, dev_secrets, log, stack_environment
+from devstack.vault import DevVault, free_port
 
 PYTHON = sys.executable
 # Debian's packages the cluster needs beyond make run's; `make cluster` installs them when it can.
@@ -262,9 +262,9 @@ class Cluster:
             self.env["AUDIT_CHECKPOINT_DIR"] = str(self.workdir / "checkpoints")
             self.env.update(self.extra_env)
             self._start_vault()
-            devstack.manage(self.env, "bootstrap_db")
-            devstack.manage(self.env, "bootstrap_audit_db")
-            devstack.manage(self.env, "seed_demo", "--signins", str(self.workdir / "demo-signins.json"))
+            stack.manage(self.env, "bootstrap_db")
+            stack.manage(self.env, "bootstrap_audit_db")
+            stack.manage(self.env, "seed_demo", "--signins", str(self.workdir / "demo-signins.json"))
             self._start_redis()
             self._start_pgbouncer()
             if self.turn:
@@ -364,7 +364,7 @@ class Cluster:
     def pooled_url(self) -> str:
         values = dev_secrets()
         prefix = self.dbname.replace("-", "_")
-        return devstack.role_url(
+        return stack.role_url(
             f"postgresql://x@127.0.0.1:{self.bouncer_port}/x",
             f"{prefix}_app",
             values["app_password"],
@@ -601,7 +601,7 @@ http {{
             "vault": self.vault.addr if self.vault else None,
             "logs": str(self.logdir),
             "pids": {name: s.pid for name, s in self.services.items()},
-            "env": {k: v for k, v in self.env.items() if k.startswith(devstack.STACK_VARIABLES)},
+            "env": {k: v for k, v in self.env.items() if k.startswith(stack.STACK_VARIABLES)},
         }
         path = self.workdir / "cluster.json"
         path.write_text(json.dumps(state, indent=2))
@@ -636,7 +636,7 @@ def install_missing_packages() -> None:
 
 def cmd_up(workers: int, port: int) -> int:
     install_missing_packages()
-    cluster = Cluster(devstack.DATA / "cluster", workers=workers, http_port=port)
+    cluster = Cluster(stack.DATA / "cluster", workers=workers, http_port=port)
     stopping = False
 
     def on_signal(signum, frame):
@@ -704,7 +704,7 @@ def print_welcome(cluster: Cluster) -> None:
 def main(argv: list[str]) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m config.cluster")
+    parser = argparse.ArgumentParser(prog="python -m devstack.cluster")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the cluster in the foreground")
     up.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "2")))
@@ -715,7 +715,7 @@ def main(argv: list[str]) -> int:
     if args.workers < 1:
         parser.error("the number of workers must be at least 1")
     if args.command == "scale":
-        workdir = devstack.DATA / "cluster"
+        workdir = stack.DATA / "cluster"
         if not (workdir / "cluster.json").exists():
             parser.error("no running cluster: start one with `make cluster` first")
         (workdir / "desired-workers").write_text(str(args.workers))
