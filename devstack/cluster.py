@@ -428,7 +428,7 @@ class Cluster:
         self.vault.start()
 
     def _start_coturn(self) -> None:
-        from video.turn import prepare_local_turn, turnserver_binary
+        from devstack.coturn import prepare_local_turn, turnserver_binary
 
         if turnserver_binary() is None:
             log("coturn is not installed, so video calls have no relay: apt-get install coturn")

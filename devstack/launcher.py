@@ -120,12 +120,12 @@ class Processes:
 
 
 def start_coturn(env: dict, procs: Processes) -> None:
-    """coturn on loopback for video relays when it is installed, configured from deploy/coturn by video/turn.py.
+    """coturn on loopback for video relays when it is installed, configured from deploy/coturn by devstack/coturn.py.
     Skipped when TURN_URLS already names a TURN server."""
     if env.get("TURN_URLS"):
         log("Using the TURN server named by TURN_URLS.")
         return
-    from video.turn import prepare_local_turn, turnserver_binary
+    from devstack.coturn import prepare_local_turn, turnserver_binary
 
     if turnserver_binary() is None:
         log("coturn is not installed, so video calls have no relay: apt-get install coturn")

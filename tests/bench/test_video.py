@@ -30,13 +30,13 @@ from django.utils import timezone
 
 from clinic import services as clinic
 from clinic.models import Patient
+from devstack.coturn import prepare_local_turn
 from tenancy.context import tenant_context
 from tenancy.services import create_organization, ensure_member, issue_api_token
 from tests.bench.reporting import report, summarize
 from tests.conftest import PASSWORD
 from tests.video.test_aiortc_call import Peer, Signal, negotiate, require_coturn, uvicorn_server
 from tests.video.test_signalling import committed
-from video.turn import prepare_local_turn
 
 pytestmark = [pytest.mark.bench, pytest.mark.django_db(transaction=False)]
 

@@ -67,13 +67,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def turn(tmp_path_factory):
-    """A local coturn and the settings naming it, or None when coturn (or video.turn) is not available, or when
+    """A local coturn and the settings naming it, or None when coturn (or devstack.coturn) is not available, or when
     E2E_WITHOUT_TURN=1 asks for the signalling-only run."""
     if os.environ.get("E2E_WITHOUT_TURN") == "1":
         yield None
         return
     try:
-        from video.turn import prepare_local_turn, turnserver_binary
+        from devstack.coturn import prepare_local_turn, turnserver_binary
     except ImportError:
         yield None
         return

@@ -40,9 +40,9 @@ from aiortc import (
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 from websockets.asyncio import client as websockets_client
 
+from devstack.coturn import prepare_local_turn, turnserver_binary
 from tests.tools import require_tool
 from tests.video.test_signalling import committed, visit
-from video.turn import prepare_local_turn, turnserver_binary
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
+from devstack.coturn import prepare_local_turn, turnserver_binary
 from tests.tools import require_tool
-from video.turn import prepare_local_turn, turnserver_binary
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

@@ -1,6 +1,6 @@
 """TURN against a real coturn: credentials from the endpoint, refused credentials, refused relay peers.
 
-Two coturn instances run on loopback, both derived by video/turn.py from deploy/coturn/turnserver.conf:
+Two coturn instances run on loopback, both derived by devstack/coturn.py from deploy/coturn/turnserver.conf:
 - `local_turn`, the development/test variant: relays on their own loopback address, which is the one
   loopback peer it lets through (what two local WebRTC peers need);
 - `shipped_turn`, the shipped peer policy unchanged (only addresses, ports, certificate, secrets and file paths
@@ -33,6 +33,7 @@ import pytest
 from django.utils import timezone
 
 from clinic import services as clinic
+from devstack.coturn import prepare_local_turn, turnserver_binary
 from tenancy import events as event_bus
 from tenancy.context import tenant_context
 from tenancy.services import ensure_member
@@ -43,10 +44,8 @@ from video.turn import (
     PRODUCTION_CONFIG,
     check_production_config,
     opaque_user_id,
-    prepare_local_turn,
     sign_username,
     turn_credentials,
-    turnserver_binary,
 )
 
 # -- a minimal STUN/TURN client ------------------------------------------------------------------------
