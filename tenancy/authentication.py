@@ -21,6 +21,7 @@ from .services import find_live_token, record_auth_event
 SESSION_ORG = "tm_org"
 SESSION_LAST_SEEN = "tm_last_seen"
 SESSION_MFA_PENDING = "tm_mfa_pending"
+SESSION_SIGNED_IN_AT = "tm_signed_in_at"  # compared with Membership.sessions_revoked_at (set by a lockout)
 
 
 @dataclass
@@ -76,6 +77,11 @@ class SessionExpired(exceptions.AuthenticationFailed):
     default_detail = "Signed out after inactivity; sign in again."
 
 
+class SessionRevoked(exceptions.AuthenticationFailed):
+    default_code = "session_revoked"
+    default_detail = "Signed out: the account was locked after repeated failures; sign in again."
+
+
 class CsrfFailed(exceptions.PermissionDenied):
     default_code = "csrf_failed"
     default_detail = "CSRF token missing or incorrect."
@@ -107,7 +113,12 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
                 "The token is invalid, expired or revoked.", code="invalid_token"
             )
         membership = token.membership
-        if not membership.is_active or not token.user.is_active:
+        revoked_at = membership.sessions_revoked_at
+        if (
+            not membership.is_active
+            or not token.user.is_active
+            or (revoked_at is not None and token.created_at <= revoked_at)
+        ):
             raise exceptions.AuthenticationFailed(
                 "The token is invalid, expired or revoked.", code="invalid_token"
             )
@@ -149,6 +160,20 @@ class OrgSessionAuthentication(authentication.SessionAuthentication):
         if membership is None:
             django_logout(django_request)
             return None
+        revoked_at = membership.sessions_revoked_at
+        if revoked_at is not None and float(session.get(SESSION_SIGNED_IN_AT, 0)) <= revoked_at.timestamp():
+            # Signed in before a lockout at this organization: that lockout ended this session too.
+            record_auth_event(
+                kind="logout",
+                outcome="success",
+                org_id=org.id,
+                user_id=user.pk,
+                reason="revoked_by_lockout",
+                request_id=request_id_of(django_request),
+                source_ip=source_ip(django_request),
+            )
+            django_logout(django_request)
+            raise SessionRevoked()
         enforce_csrf(request)
         if now - last_seen > 15:
             session[SESSION_LAST_SEEN] = now

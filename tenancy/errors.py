@@ -42,6 +42,15 @@ class ApiError(exceptions.APIException):
         self.fields = fields or {}
 
 
+class RecordedFailure(ApiError):
+    """A refusal raised after the service recorded the attempt: an audit event, a failure toward lockout.
+
+    The exception handler answers it like any ApiError but keeps the transaction's writes (it does not mark
+    ATOMIC_REQUESTS for rollback), so the record of a failed credential check survives the refusal. Raise it only
+    when everything the transaction wrote so far is meant to stay.
+    """
+
+
 class ServiceUnavailable(ApiError):
     def __init__(self, dependency: str, message: str):
         super().__init__("service_unavailable", message, status.HTTP_503_SERVICE_UNAVAILABLE, {})
@@ -116,9 +125,9 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
     Like DRF's own handler it marks the request's transaction (ATOMIC_REQUESTS) for rollback, so an error
     raised halfway through a view leaves none of its writes behind. Authentication failures are the
     exception: they come before any view work, and what they did (signing out an idle session, the sign-in
-    event) must stay done.
+    event) must stay done. So is RecordedFailure, raised after a service recorded a failed check.
     """
-    if not isinstance(exc, (exceptions.AuthenticationFailed, exceptions.NotAuthenticated)):
+    if not isinstance(exc, (exceptions.AuthenticationFailed, exceptions.NotAuthenticated, RecordedFailure)):
         # Imported here: rest_framework.views imports the authentication classes, which import this module.
         from rest_framework.views import set_rollback
 

@@ -278,6 +278,8 @@ class Membership(TenantModel):
     # Lockout is per membership: failures at one clinic cannot lock the person out of another.
     failed_logins = models.PositiveIntegerField(default=0)
     locked_until = models.DateTimeField(null=True, blank=True)
+    # Set when this membership is locked out: portal sessions signed in and API tokens issued before it are void.
+    sessions_revoked_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta(TenantModel.Meta):
@@ -296,6 +298,59 @@ class Membership(TenantModel):
     @property
     def is_locked(self) -> bool:
         return self.locked_until is not None and self.locked_until > timezone.now()
+
+
+class Invitation(TenantModel):
+    """An administrator's offer of a role in this organization, which the invited person must accept.
+
+    No membership exists until then, so the person's password (if they already have an account elsewhere) does
+    not work here and gives this organization nothing to guess against. The single-use token goes only to the
+    invited address; the table keeps its SHA-256. `account_hash` is the sign-in lookup hash of the address
+    (`User.email_hash`), so acceptance finds the account, or creates it, without anyone reading another clinic's
+    data. ADR 0013.
+    """
+
+    email = EncryptedTextField(blind_index="email_index", normalizer="email")
+    email_index = BlindIndexField(source="email")
+    display_name = EncryptedTextField()
+    role = models.CharField(max_length=20, choices=Role.choices)
+    account_hash = models.CharField(max_length=70)
+    token_hash = models.CharField(max_length=64)
+    invited_by = models.ForeignKey(User, on_delete=models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    failed_attempts = models.PositiveIntegerField(default=0)
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    membership = models.ForeignKey(
+        Membership, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    class Meta(TenantModel.Meta):
+        constraints: ClassVar[list] = [
+            *TenantModel.Meta.constraints,
+            models.UniqueConstraint(fields=["org", "token_hash"], name="tenancy_invitation_token"),
+            # At most one open invitation per address: inviting again replaces it (tenancy.services).
+            models.UniqueConstraint(
+                fields=["org", "email_index"],
+                condition=models.Q(accepted_at__isnull=True, revoked_at__isnull=True),
+                name="tenancy_invitation_one_open_per_email",
+            ),
+        ]
+        indexes: ClassVar[list] = [models.Index(fields=["org", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"invitation {self.pk} ({self.status})"
+
+    @property
+    def status(self) -> str:
+        if self.accepted_at is not None:
+            return "accepted"
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at <= timezone.now():
+            return "expired"
+        return "pending"
 
 
 class ApiToken(TenantModel):

@@ -227,3 +227,40 @@ class EnableTenantRLS(migrations.operations.base.Operation):
         if self.restrictive:
             kwargs["restrictive"] = self.restrictive
         return (self.__class__.__name__, [], kwargs)
+
+
+# Whether the signed-in user must keep MFA: any of their active memberships, in any organization, requires it.
+# SECURITY DEFINER and owned by the policy role (ADR 0009), because row-level security rightly hides the other
+# organizations' memberships; it answers one boolean, only for the verified context's user, and names nothing.
+MFA_REQUIRED_HELPER_SQL = r"""
+CREATE OR REPLACE FUNCTION public.tenancy_my_mfa_required() RETURNS boolean
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT EXISTS (
+        SELECT 1 FROM public.tenancy_membership m JOIN public.tenancy_organization o ON o.id = m.org_id
+        WHERE m.user_id = public.app_user_id() AND m.is_active AND o.require_mfa
+    )
+$fn$;
+
+DO $do$
+DECLARE
+    policy_role text := current_user || '_policy';
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = policy_role AND rolbypassrls) THEN
+        RAISE EXCEPTION 'role % (NOLOGIN BYPASSRLS) is missing: run manage.py bootstrap_db or deploy/postgres/roles.sql',
+            policy_role;
+    END IF;
+    EXECUTE format('ALTER FUNCTION public.tenancy_my_mfa_required() OWNER TO %I', policy_role);
+END
+$do$;
+"""
+
+DROP_MFA_REQUIRED_HELPER_SQL = "DROP FUNCTION IF EXISTS public.tenancy_my_mfa_required();"
+
+# Invitations: administrators create, list and revoke them; the signed-out context of the organization's host
+# reads and updates one when the invited person accepts. No other role has any use for them.
+INVITATION_RULES = {
+    "select": "(SELECT public.app_role()) IN ('org_admin', 'anonymous', 'platform')",
+    "insert": "(SELECT public.app_role()) IN ('org_admin', 'platform')",
+    "update": "(SELECT public.app_role()) IN ('org_admin', 'anonymous', 'platform')",
+    "delete": "(SELECT public.app_role()) = 'platform'",
+}

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 
 from django.conf import settings
 from rest_framework import exceptions, parsers, serializers
 from rest_framework.utils.json import strict_constant
 
-from .models import Membership, Organization, Role
+from .models import Invitation, Membership, Organization, Role
 
 
 class RequestTooLarge(exceptions.APIException):
@@ -69,14 +70,26 @@ def _check_parsed(data, max_depth: int) -> None:
             stack.extend((item, depth + 1) for item in items)
 
 
+# Six ASCII digits. Not `\d` or str.isdigit(): those accept fullwidth, Arabic-Indic, superscript and other
+# Unicode digits, which no authenticator shows and which used to reach the comparison and crash it (issue 11).
+TOTP_CODE_PATTERN = re.compile(r"\A[0-9]{6}\Z", re.ASCII)  # the validator searches: anchor both ends
+TOTP_CODE_MESSAGE = "Enter the 6-digit code from your authenticator app (digits 0-9 only)."
+
+
+def totp_code_field(**kwargs) -> serializers.RegexField:
+    return serializers.RegexField(
+        TOTP_CODE_PATTERN, max_length=6, error_messages={"invalid": TOTP_CODE_MESSAGE}, **kwargs
+    )
+
+
 class LoginSerializer(serializers.Serializer):
     email = serializers.EmailField(max_length=254)
     password = serializers.CharField(max_length=1024, trim_whitespace=False)
-    totp = serializers.CharField(max_length=12, required=False, allow_blank=True)
+    totp = totp_code_field(required=False, allow_blank=True)
 
 
 class TotpCodeSerializer(serializers.Serializer):
-    code = serializers.RegexField(r"^\d{6}$", max_length=6)
+    code = totp_code_field()
 
 
 class BrandingSerializer(serializers.Serializer):
@@ -126,3 +139,22 @@ class MembershipCreateSerializer(serializers.Serializer):
 
 class MembershipUpdateSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=Role.choices)
+
+
+class InvitationSerializer(serializers.ModelSerializer):
+    """An invitation as its organization's administrators see it: never the token, never another clinic's data."""
+
+    email = serializers.CharField(read_only=True)
+    display_name = serializers.CharField(read_only=True)
+    status = serializers.ChoiceField(choices=["pending", "accepted", "revoked", "expired"], read_only=True)
+
+    class Meta:
+        model = Invitation
+        fields = ["id", "email", "display_name", "role", "status", "created_at", "expires_at"]
+        read_only_fields = fields
+
+
+class InvitationAcceptSerializer(serializers.Serializer):
+    token = serializers.CharField(max_length=100)
+    password = serializers.CharField(max_length=1024, trim_whitespace=False)
+    totp = totp_code_field(required=False, allow_blank=True)

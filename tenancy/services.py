@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import smtplib
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,14 +18,27 @@ from datetime import timedelta
 import pyotp
 from django.conf import settings
 from django.contrib.auth.hashers import check_password, make_password
-from django.db import transaction
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from . import events
 from .context import platform_context, require_context
-from .errors import ApiError
-from .models import ApiToken, Domain, Membership, Organization, PurposeOfUse, Role, User
+from .errors import ApiError, RecordedFailure, ServiceUnavailable
+from .models import (
+    ApiToken,
+    Domain,
+    Invitation,
+    Membership,
+    Organization,
+    PurposeOfUse,
+    Role,
+    User,
+    email_lookup_hash,
+)
 
 logger = logging.getLogger("tenancy.auth")
 auth_events_logger = logging.getLogger("audit.auth")
@@ -123,22 +137,222 @@ def ensure_member(
     return user, membership, created
 
 
-def add_member(*, org: Organization, email: str, role: str, display_name: str = "") -> Membership:
-    """An administrator adds a person to this organization; someone already in it is a conflict.
-
-    Re-adding never changes a role (that is PATCH's job, which refuses an administrator demoting themself).
-    Whether the address has an account in another organization changes nothing in the answer.
-    """
+def check_not_already_member(email: str) -> None:
+    """409 if the address (or the account it signs in to) already has a membership in this organization."""
     require_context(Membership)
-    email = email.strip().lower()
-    if Membership.objects.filter(email=email).exists():  # blind index, row-level security: this org only
+    if (
+        Membership.objects.filter(email=email).exists()  # blind index, row-level security: this org only
+        or Membership.objects.filter(user__email_hash=email_lookup_hash(email)).exists()
+    ):
         raise ApiError(
             "already_member",
             "This person is already a member; change their role instead.",
             409,
             {"email": ["Already a member of this organization."]},
         )
-    _, membership, _ = ensure_member(org=org, email=email, role=role, password=None, full_name=display_name)
+
+
+# -- invitations ---------------------------------------------------------------------------------------
+
+INVITATION_TOKEN_PREFIX = "tmi_"
+
+
+def invitation_ttl() -> timedelta:
+    return timedelta(hours=getattr(settings, "INVITATION_TTL_HOURS", 72))
+
+
+def _send_invitation(*, org: Organization, email: str, raw_token: str, accept_url: str) -> None:
+    """Deliver the token to the invited address, and nowhere else (not to the administrator, not to a log).
+
+    Sent before the transaction commits: a mail service that refuses is a 503 and leaves no invitation behind.
+    """
+    name = org.display_name or org.name
+    hours = int(invitation_ttl().total_seconds() // 3600)
+    body = (
+        f"{name} has invited you to its portal.\n\n"
+        f"To accept, within {hours} hours, send this invitation code to {accept_url}\n"
+        "together with your password if you already have an account on this service, or with the password you\n"
+        "choose if you do not:\n\n"
+        f"    {raw_token}\n\n"
+        "The code works once. If you did not expect this invitation, ignore this message: nothing changes until\n"
+        "you accept it.\n"
+    )
+    try:
+        send_mail(f"Invitation to {name}", body, None, [email], fail_silently=False)
+    except (OSError, smtplib.SMTPException) as exc:
+        logger.warning("invitation mail not sent org=%s error=%s", org.id, type(exc).__name__)
+        raise ServiceUnavailable(
+            "mail", "The invitation could not be sent: the mail service is unavailable. Nothing was saved."
+        ) from exc
+
+
+def invite_member(
+    *,
+    org: Organization,
+    email: str,
+    role: str,
+    display_name: str,
+    invited_by: User,
+    accept_url: str,
+) -> Invitation:
+    """An administrator invites a person; nobody becomes a member until the person accepts (ADR 0013).
+
+    The same for an address with an account elsewhere and for a new one: the answer, the stored row and the
+    mail are identical, so this reveals nothing about other clinics. An open invitation to the same address
+    is replaced (its token stops working). The token goes only to the address.
+    """
+    require_context(Invitation)
+    if role not in Role.values:
+        raise ApiError(
+            "invalid_role", "Unknown role.", 400, {"role": [f"Choose one of {', '.join(Role.values)}."]}
+        )
+    email = email.strip().lower()
+    check_not_already_member(email)
+    now = timezone.now()
+    replaced = list(
+        Invitation.objects.filter(email=email, accepted_at__isnull=True, revoked_at__isnull=True).values_list(
+            "id", flat=True
+        )
+    )
+    if replaced:
+        Invitation.objects.filter(pk__in=replaced).update(revoked_at=now)
+    raw = INVITATION_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    invitation = Invitation(
+        org_id=org.id,
+        email=email,
+        display_name=display_name,
+        role=role,
+        account_hash=email_lookup_hash(email),
+        token_hash=hash_token(raw),
+        invited_by=invited_by,
+        created_at=now,
+        expires_at=now + invitation_ttl(),
+    )
+    invitation.save()
+    events.publish(
+        "admin",
+        {
+            "org_id": org.id,
+            "action": "member_invite",
+            "resource_type": "Invitation",
+            "resource_id": invitation.pk,
+            "detail": {"role": role, "replaced": [str(pk) for pk in replaced]},
+        },
+    )
+    _send_invitation(org=org, email=email, raw_token=raw, accept_url=accept_url)
+    return invitation
+
+
+def revoke_invitation(*, invitation: Invitation) -> None:
+    require_context(Invitation)
+    if invitation.status != "pending":
+        raise ApiError("invitation_not_pending", f"This invitation is already {invitation.status}.", 409)
+    Invitation.objects.filter(pk=invitation.pk).update(revoked_at=timezone.now())
+    events.publish(
+        "admin",
+        {
+            "org_id": invitation.org_id,
+            "action": "member_invite_revoke",
+            "resource_type": "Invitation",
+            "resource_id": invitation.pk,
+            "detail": {"role": invitation.role},
+        },
+    )
+
+
+def accept_invitation(
+    *, org: Organization, token: str, password: str, totp_code: str, request_id: str, source_ip: str | None
+) -> Membership:
+    """The invited person accepts with the token they received, proving who they are (ADR 0013).
+
+    For an existing account: its password, and its TOTP code when it has one. A wrong one is audited and
+    counted against the invitation, which is void after LOGIN_MAX_FAILURES. For an address with no account
+    (or one whose account never had a password) the password given becomes the account's. Then, and only then,
+    the membership exists. Every outcome is an audit event of kind "invitation".
+    """
+    require_context(Invitation)
+
+    def event(outcome: str, reason: str = "", user_id: uuid.UUID | None = None) -> None:
+        record_auth_event(
+            kind="invitation",
+            outcome=outcome,
+            org_id=org.id,
+            user_id=user_id,
+            request_id=request_id,
+            source_ip=source_ip,
+            reason=reason,
+        )
+
+    invitation = None
+    if token.startswith(INVITATION_TOKEN_PREFIX) and len(token) <= 100:
+        invitation = Invitation.objects.select_for_update().filter(token_hash=hash_token(token)).first()
+    if invitation is None or invitation.status != "pending":
+        event("failure", "unknown_token" if invitation is None else invitation.status)
+        raise RecordedFailure(
+            "invitation_invalid",
+            "This invitation is not valid: it was used, replaced or revoked, or it expired. Ask to be invited again.",
+            404,
+        )
+
+    def refuse(reason: str) -> RecordedFailure:
+        # No user id in the event: this clinic must not learn which account the address has elsewhere.
+        attempts = invitation.failed_attempts + 1  # the row is locked (select_for_update)
+        voided = attempts >= settings.LOGIN_MAX_FAILURES
+        Invitation.objects.filter(pk=invitation.pk).update(
+            failed_attempts=attempts, revoked_at=timezone.now() if voided else None
+        )
+        event("failure", reason + ("; invitation void" if voided else ""))
+        return RecordedFailure(
+            "invalid_credentials",
+            "The password or code is not correct, or the invitation is no longer valid.",
+            401,
+        )
+
+    user = User.objects.filter(email_hash=invitation.account_hash).first()
+    if user is not None and not user.is_active:
+        check_password(password, _dummy_hash())
+        raise refuse("inactive_account")
+    if user is None or not user.has_usable_password():
+        try:
+            validate_password(password, user)
+        except ValidationError as exc:
+            raise ApiError(
+                "invalid_request", "Choose a stronger password.", 400, {"password": list(exc.messages)}
+            ) from None
+        if user is None:
+            user = User(email_hash=invitation.account_hash)
+        user.set_password(password)
+        user.save()
+    else:
+        if not user.check_password(password):
+            raise refuse("bad_password")
+        if user.totp_confirmed:
+            if not totp_code:
+                event("challenge", "mfa_required")
+                raise RecordedFailure(
+                    "mfa_required",
+                    "Enter the code from your authenticator app.",
+                    401,
+                    {"totp": ["Required."]},
+                )
+            if not verify_totp(user, totp_code):
+                raise refuse("bad_totp")
+
+    now = timezone.now()
+    if Membership.objects.filter(user=user).exists():
+        Invitation.objects.filter(pk=invitation.pk).update(revoked_at=now)
+        event("failure", "already_member", user.pk)
+        raise RecordedFailure("already_member", "You are already a member of this organization.", 409)
+    membership = Membership(
+        org_id=org.id,
+        user=user,
+        role=invitation.role,
+        email=invitation.email,
+        display_name=invitation.display_name,
+    )
+    membership.save()
+    Invitation.objects.filter(pk=invitation.pk).update(accepted_at=now, membership=membership)
+    event("accepted", user_id=user.pk)
     events.publish(
         "admin",
         {
@@ -146,7 +360,7 @@ def add_member(*, org: Organization, email: str, role: str, display_name: str = 
             "action": "member_add",
             "resource_type": "Membership",
             "resource_id": membership.pk,
-            "detail": {"role": role},
+            "detail": {"role": invitation.role, "invitation": str(invitation.pk)},
         },
     )
     return membership
@@ -213,34 +427,57 @@ class SignIn:
 INVALID = SignIn(ok=False, error="invalid_credentials")
 
 
-def _register_failure(membership: Membership, request_id: str, source_ip: str | None) -> None:
-    """Count a failure against this membership only (a clinic cannot lock a person out of another)."""
+def _register_failure(membership: Membership, request_id: str, source_ip: str | None) -> bool:
+    """Count a failure against this membership only (a clinic cannot lock a person out of another).
+
+    Wrong passwords and wrong TOTP codes (at sign-in, and when removing the authenticator) all count. Reaching
+    the limit locks the membership and ends what it already holds here: its API tokens are revoked and its
+    portal sessions void (`sessions_revoked_at`), so a credential obtained before the lockout stops working.
+    Returns whether this failure locked the membership.
+    """
     Membership.objects.filter(pk=membership.pk).update(failed_logins=F("failed_logins") + 1)
     failures = Membership.objects.filter(pk=membership.pk).values_list("failed_logins", flat=True).get()
-    if failures >= settings.LOGIN_MAX_FAILURES:
-        until = timezone.now() + timedelta(minutes=settings.LOGIN_LOCKOUT_MINUTES)
-        Membership.objects.filter(pk=membership.pk).update(locked_until=until, failed_logins=0)
-        record_auth_event(
-            kind="lockout",
-            outcome="locked",
-            org_id=membership.org_id,
-            user_id=membership.user_id,
-            request_id=request_id,
-            source_ip=source_ip,
-            reason=f"{settings.LOGIN_MAX_FAILURES} failures",
-        )
+    if failures < settings.LOGIN_MAX_FAILURES:
+        return False
+    now = timezone.now()
+    until = now + timedelta(minutes=settings.LOGIN_LOCKOUT_MINUTES)
+    Membership.objects.filter(pk=membership.pk).update(
+        locked_until=until, failed_logins=0, sessions_revoked_at=now
+    )
+    revoked = ApiToken.objects.filter(membership_id=membership.pk, revoked_at__isnull=True).update(
+        revoked_at=now
+    )
+    record_auth_event(
+        kind="lockout",
+        outcome="locked",
+        org_id=membership.org_id,
+        user_id=membership.user_id,
+        request_id=request_id,
+        source_ip=source_ip,
+        reason=f"{settings.LOGIN_MAX_FAILURES} failures; {revoked} tokens revoked, sessions ended",
+    )
+    return True
+
+
+def check_totp_code_format(code: object) -> bool:
+    """Six ASCII digits. str.isdigit() and `\\d` also take fullwidth, Arabic-Indic or superscript digits,
+    which secrets.compare_digest refuses with a TypeError (issue 11: a 500 after a correct password)."""
+    return isinstance(code, str) and len(code) == 6 and code.isascii() and code.isdigit()
 
 
 def verify_totp(user: User, code: str) -> bool:
-    """A TOTP code for this user, accepted once (a replayed code within its window is refused)."""
-    if not user.totp_secret or not code or not code.isdigit() or len(code) != 6:
+    """A TOTP code for this user, accepted once (a replayed code within its window is refused).
+
+    Anything that is not six ASCII digits is simply a wrong code: the caller counts and audits it like one.
+    """
+    if not user.totp_secret or not check_totp_code_format(code):
         return False
     totp = pyotp.TOTP(user.totp_secret)
     now = timezone.now().timestamp()
     for drift in (0, -1, 1):
         counter = int(now // totp.interval) + drift
         if counter > user.totp_last_counter and secrets.compare_digest(
-            totp.at(counter * totp.interval), code
+            totp.at(counter * totp.interval).encode("ascii"), code.encode("ascii")
         ):
             updated = User.objects.filter(pk=user.pk, totp_last_counter__lt=counter).update(
                 totp_last_counter=counter
@@ -389,26 +626,111 @@ def begin_totp_enrollment(*, user: User, org: Organization, membership: Membersh
     return {"secret": secret, "otpauth_uri": uri}
 
 
-def confirm_totp_enrollment(*, user: User, code: str) -> None:
+def _mfa_required_by_any_membership(user: User) -> bool:
+    """Whether any of the signed-in user's active memberships, in any organization, requires MFA.
+
+    Row-level security hides other organizations' memberships, so this asks the database helper
+    `tenancy_my_mfa_required()` (owned by the policy role, ADR 0009), which answers one boolean and only for the
+    user of the signed context: it names no organization and cannot be asked about anyone else.
+    """
+    ctx = require_context(Membership)
+    if ctx.user_id != user.pk:
+        raise RuntimeError("the MFA requirement is asked for the signed-in user only")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT public.tenancy_my_mfa_required()")
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+def _mfa_event(
+    outcome: str, *, org: Organization, user: User, request_id: str, source_ip: str | None, reason: str = ""
+) -> None:
+    record_auth_event(
+        kind="mfa",
+        outcome=outcome,
+        org_id=org.id,
+        user_id=user.pk,
+        request_id=request_id,
+        source_ip=source_ip,
+        reason=reason,
+    )
+
+
+def _invalid_code() -> RecordedFailure:
+    return RecordedFailure(
+        "invalid_code", "The code is not valid.", 400, {"code": ["The code is not valid."]}
+    )
+
+
+def confirm_totp_enrollment(
+    *, user: User, org: Organization, code: str, request_id: str, source_ip: str | None
+) -> None:
+    """Confirm the authenticator begun with begin_totp_enrollment. A wrong code is audited, not counted toward
+    lockout: the person was just shown the secret, so there is nothing to guess."""
     user.refresh_from_db()
     if user.totp_confirmed:
         raise ApiError("mfa_already_enrolled", "An authenticator is already enrolled.", 409)
     if not user.totp_secret:
         raise ApiError("mfa_not_started", "Start enrollment first.", 409)
     if not verify_totp(user, code):
-        raise ApiError("invalid_code", "The code is not valid.", 400, {"code": ["The code is not valid."]})
+        _mfa_event(
+            "failure",
+            org=org,
+            user=user,
+            request_id=request_id,
+            source_ip=source_ip,
+            reason="enrollment_bad_code",
+        )
+        raise _invalid_code()
     User.objects.filter(pk=user.pk).update(totp_confirmed=True)
+    _mfa_event("enrolled", org=org, user=user, request_id=request_id, source_ip=source_ip)
 
 
-def remove_totp(*, user: User, org: Organization, code: str) -> None:
+def remove_totp(
+    *,
+    user: User,
+    org: Organization,
+    membership: Membership,
+    code: str,
+    request_id: str,
+    source_ip: str | None,
+) -> None:
+    """Remove the person's authenticator, which serves every organization they belong to (ADR 0013).
+
+    Refused while any of their active memberships is in an organization that requires MFA (this one or another;
+    the answer does not say which). Otherwise the current code is required, and a wrong one counts toward this
+    membership's lockout like a wrong code at sign-in: removal is not a way around the guessing limit.
+    """
     user.refresh_from_db()
-    if org.require_mfa:
-        raise ApiError("mfa_required_by_organization", "This organization requires MFA.", 409)
+    if org.require_mfa or _mfa_required_by_any_membership(user):
+        _mfa_event(
+            "refused",
+            org=org,
+            user=user,
+            request_id=request_id,
+            source_ip=source_ip,
+            reason="removal_required_by_organization",
+        )
+        raise RecordedFailure(
+            "mfa_required_by_organization",
+            "An organization you are a member of requires MFA, so the authenticator cannot be removed.",
+            409,
+        )
     if not user.totp_confirmed:
         raise ApiError("mfa_not_enrolled", "No authenticator is enrolled.", 409)
     if not verify_totp(user, code):
-        raise ApiError("invalid_code", "The code is not valid.", 400, {"code": ["The code is not valid."]})
+        locked = _register_failure(membership, request_id, source_ip)
+        _mfa_event(
+            "failure",
+            org=org,
+            user=user,
+            request_id=request_id,
+            source_ip=source_ip,
+            reason="removal_bad_code" + ("; locked" if locked else ""),
+        )
+        raise _invalid_code()
     User.objects.filter(pk=user.pk).update(totp_confirmed=False, totp_secret="", totp_last_counter=0)
+    _mfa_event("removed", org=org, user=user, request_id=request_id, source_ip=source_ip)
 
 
 # -- purpose of use ------------------------------------------------------------------------------------
@@ -425,8 +747,16 @@ ALLOWED_PURPOSES: dict[str, tuple[str, ...]] = {
 def check_purpose(role: str, requested: str | None) -> str:
     """The purpose of use this request acts under: the role's default, or an allowed one it asked for."""
     allowed = ALLOWED_PURPOSES.get(role, ())
-    if not requested:
+    if requested is None:
         return allowed[0] if allowed else PurposeOfUse.OPERATIONS
+    if not requested.strip():
+        # Sent but empty: a client that meant to state a purpose and lost it, not one that left it to the role.
+        raise ApiError(
+            "invalid_purpose",
+            "X-Purpose-Of-Use is empty: send one of the purposes, or leave the header out for your role's usual one.",
+            400,
+            {"X-Purpose-Of-Use": [f"Choose one of {', '.join(PurposeOfUse.values)}."]},
+        )
     if requested not in PurposeOfUse.values:
         raise ApiError(
             "invalid_purpose",

@@ -14,4 +14,7 @@ urlpatterns = [
     path("organization", views.OrganizationSettingsView.as_view(), name="organization-settings"),
     path("memberships", views.MembershipListView.as_view(), name="membership-list"),
     path("memberships/<uuid:membership_id>", views.MembershipDetailView.as_view(), name="membership-detail"),
+    path("invitations", views.InvitationListView.as_view(), name="invitation-list"),
+    path("invitations/accept", views.InvitationAcceptView.as_view(), name="invitation-accept"),
+    path("invitations/<uuid:invitation_id>", views.InvitationDetailView.as_view(), name="invitation-detail"),
 ]

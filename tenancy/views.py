@@ -29,6 +29,7 @@ from .authentication import (
     SESSION_LAST_SEEN,
     SESSION_MFA_PENDING,
     SESSION_ORG,
+    SESSION_SIGNED_IN_AT,
     AuthInfo,
     enforce_csrf,
     request_auth,
@@ -39,10 +40,12 @@ from .authentication import (
 )
 from .context import ANONYMOUS, TenantContext, activate, deactivate
 from .errors import ApiError, error_body, json_error
-from .models import Membership, Organization, User
+from .models import Invitation, Membership, Organization, User
 from .permissions import IsOrgAdmin
 from .serializers import (
     BrandingSerializer,
+    InvitationAcceptSerializer,
+    InvitationSerializer,
     LoginSerializer,
     MembershipCreateSerializer,
     MembershipSerializer,
@@ -218,6 +221,7 @@ class LoginView(_SignInBase):
         import time
 
         django_request.session[SESSION_LAST_SEEN] = time.time()
+        django_request.session[SESSION_SIGNED_IN_AT] = time.time()
         django_request.session[SESSION_MFA_PENDING] = result.mfa_enrollment_required
         assert result.user is not None and result.membership is not None
         return Response(_me(result.user, result.membership, org, result.mfa_enrollment_required))
@@ -333,13 +337,10 @@ class TotpView(TenantAPIView):
         serializer = TotpCodeSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         services.remove_totp(
-            user=request_user(request), org=request_org(request), code=serializer.validated_data["code"]
-        )
-        services.record_auth_event(
-            kind="mfa",
-            outcome="removed",
-            org_id=request_org(request).id,
-            user_id=request.user.pk,
+            user=request_user(request),
+            org=request_org(request),
+            membership=request_auth(request).membership,
+            code=serializer.validated_data["code"],
             request_id=request_id_of(request._request),
             source_ip=source_ip(request._request),
         )
@@ -355,12 +356,10 @@ class TotpConfirmView(TenantAPIView):
     def post(self, request: Request) -> Response:
         serializer = TotpCodeSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        services.confirm_totp_enrollment(user=request_user(request), code=serializer.validated_data["code"])
-        services.record_auth_event(
-            kind="mfa",
-            outcome="enrolled",
-            org_id=request_org(request).id,
-            user_id=request.user.pk,
+        services.confirm_totp_enrollment(
+            user=request_user(request),
+            org=request_org(request),
+            code=serializer.validated_data["code"],
             request_id=request_id_of(request._request),
             source_ip=source_ip(request._request),
         )
@@ -413,18 +412,24 @@ class MembershipListView(TenantAPIView):
         page = paginator.paginate_queryset(Membership.objects.all(), request, view=self)
         return paginator.get_paginated_response(MembershipSerializer(page, many=True).data)
 
-    @extend_schema(request=MembershipCreateSerializer, responses={201: MembershipSerializer})
+    @extend_schema(
+        request=MembershipCreateSerializer,
+        responses={202: InvitationSerializer},
+        summary="Invite a person: they become a member when they accept (the token is mailed to them)",
+    )
     def post(self, request: Request) -> Response:
         serializer = MembershipCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        membership = services.add_member(
+        invitation = services.invite_member(
             org=request_org(request),
             email=data["email"],
             role=data["role"],
             display_name=data.get("display_name", ""),
+            invited_by=request_user(request),
+            accept_url=request.build_absolute_uri("/api/v1/invitations/accept"),
         )
-        return Response(MembershipSerializer(membership).data, status=status.HTTP_201_CREATED)
+        return Response(InvitationSerializer(invitation).data, status=status.HTTP_202_ACCEPTED)
 
 
 class MembershipDetailView(TenantAPIView):
@@ -443,3 +448,63 @@ class MembershipDetailView(TenantAPIView):
             membership=membership, role=serializer.validated_data["role"], actor=request_user(request)
         )
         return Response(MembershipSerializer(membership).data)
+
+
+# -- invitations -------------------------------------------------------------------------------------
+
+
+class InvitationListView(TenantAPIView):
+    permission_classes = [IsOrgAdmin]
+
+    @extend_schema(responses=paginated(InvitationSerializer), summary="Invitations of this organization")
+    def get(self, request: Request) -> Response:
+        from rest_framework.pagination import CursorPagination
+
+        paginator = CursorPagination()
+        paginator.ordering = "created_at"
+        page = paginator.paginate_queryset(Invitation.objects.all(), request, view=self)
+        return paginator.get_paginated_response(InvitationSerializer(page, many=True).data)
+
+
+class InvitationDetailView(TenantAPIView):
+    permission_classes = [IsOrgAdmin]
+
+    @extend_schema(request=None, responses={204: None}, summary="Revoke a pending invitation")
+    def delete(self, request: Request, invitation_id: uuid.UUID) -> Response:
+        invitation = Invitation.objects.filter(pk=invitation_id).first()  # this organization's only (RLS)
+        if invitation is None:
+            raise ApiError("not_found", "Not found.", 404)
+        services.revoke_invitation(invitation=invitation)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class InvitationAcceptView(TenantAPIView):
+    """The invited person accepts, signed out, on the inviting organization's host. The token travels in the body,
+    not the path, so that it stays out of access logs and Referer headers."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        request=InvitationAcceptSerializer,
+        responses={
+            200: inline_serializer(
+                "InvitationAccepted",
+                {"organization": serializers.CharField(), "role": serializers.CharField()},
+            ),
+        },
+        summary="Accept an invitation (the mailed token, and your password and TOTP code if you have an account)",
+    )
+    def post(self, request: Request) -> Response:
+        serializer = InvitationAcceptSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        membership = services.accept_invitation(
+            org=request_org(request),
+            token=data["token"],
+            password=data["password"],
+            totp_code=data.get("totp", ""),
+            request_id=request_id_of(request._request),
+            source_ip=source_ip(request._request),
+        )
+        return Response({"organization": request_org(request).slug, "role": membership.role})

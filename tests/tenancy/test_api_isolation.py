@@ -147,10 +147,11 @@ def test_adding_a_member_whose_email_is_known_elsewhere_reveals_nothing_about_th
         "/api/v1/memberships", {"email": beta.email("practitioner"), "role": "staff"}
     )
     fresh = alpha_admin.post("/api/v1/memberships", {"email": "brand-new@example.test", "role": "staff"})
-    assert elsewhere.status_code == fresh.status_code == 201, (elsewhere.content, fresh.content)
+    # Both are invitations (ADR 0013): nobody becomes a member, with or without an account, until they accept.
+    assert elsewhere.status_code == fresh.status_code == 202, (elsewhere.content, fresh.content)
     a, b = elsewhere.json(), fresh.json()
     assert set(a) == set(b)
-    for key in ("display_name", "role", "is_active"):
+    for key in ("display_name", "role", "status"):
         assert a[key] == b[key], key
     text = elsewhere.content.decode()
     assert "beta practitioner" not in text.lower()

@@ -259,7 +259,9 @@ def test_mfa_enrollment_then_codes_then_no_replay(api, clinics):
     body = assert_error(login(fresh, email), 401, "mfa_required")
     assert "totp" in body["error"]["fields"]
     assert_error(token(fresh, email), 401, "mfa_required")
-    assert_error(login(fresh, email, totp="12345a"), 401, "invalid_credentials")
+    assert_error(login(fresh, email, totp="12345a"), 400, "invalid_request")  # not six ASCII digits
+    wrong_code = "000000" if totp.now() != "000000" else "111111"
+    assert_error(login(fresh, email, totp=wrong_code), 401, "invalid_credentials")
 
     code = totp.at(time.time() + totp.interval)  # the next step: the current one was spent on confirming
     response = login(fresh, email, totp=code)
