@@ -271,10 +271,11 @@ async def test_a_socket_opened_from_another_origin_is_refused(call, origin):
     assert not connected
 
 
-async def test_the_same_host_on_another_port_is_the_same_origin(call):
-    """nginx passes Host without its port; the page's Origin keeps it."""
+async def test_a_page_on_a_non_default_port_opens_its_socket_when_the_host_keeps_the_port(call):
+    """The Origin keeps the page's port, so the Host must too (behind nginx: `Host $http_host`). Another port
+    of the same host is another origin (tests/video/test_signalling_attacks.py)."""
     headers = [
-        (b"host", call["host"].encode()),
+        (b"host", f"{call['host']}:8080".encode()),
         (b"origin", f"http://{call['host']}:8080".encode()),
         (b"authorization", f"Bearer {call['tokens']['doctor']}".encode()),
     ]
