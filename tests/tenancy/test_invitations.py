@@ -261,3 +261,18 @@ def test_the_runtime_role_cannot_create_invitations_outside_an_administrators_co
             token_hash="0" * 64,
             expires_at=timezone.now() + timedelta(hours=1),
         ).save()
+
+
+def test_an_invitation_that_cannot_be_mailed_is_a_503_and_leaves_nothing_behind(alpha, alpha_admin, settings):
+    """A real SMTP connection to a port where nothing listens: the failure is loud and nothing is saved."""
+    import socket
+
+    with socket.socket() as probe:  # a free port, closed again: connecting to it is refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", port, 5
+    response = invite(alpha_admin, "unmailable@example.test")
+    assert_error(response, 503, "service_unavailable")
+    with in_context(alpha.org):
+        assert not Invitation.objects.filter(email="unmailable@example.test").exists()
