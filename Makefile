@@ -1,4 +1,5 @@
-# Two commands on a fresh machine: `make run` and `make test`. Each installs what it needs first.
+# Two commands on a fresh machine: `make run` and `make test`. Each installs what it needs first: the runtime's
+# and the development tooling's Python packages (.[dev,devstack]).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,devstack]'
 	touch $(STAMP)
 
 # checkov (the manifests' static security scan) pins old versions of packages the app uses, so it gets a venv
