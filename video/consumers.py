@@ -7,6 +7,10 @@ session store, so a client may resume on any worker.
 Without Redis (the session store and the channel layer) there is no signalling: every socket is told
 `signalling_unavailable` and closed with 4503, the visit itself stays as it is in PostgreSQL, and a
 participant who was in the call has the interruption recorded in the encounter's timeline.
+
+One socket per seat: a socket sends its participant's stream only while the participant record names its
+connection. A takeover or a resume elsewhere evicts it through the channel layer; should that notice be lost,
+the socket finds out at its next flush and closes, before it sends anything.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import contextlib
 import logging
 import time
 import uuid
-from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -26,8 +29,15 @@ from . import liveness, services
 from .session import Participant, get_store
 
 RELAYED = {"offer", "answer", "candidate", "ice_restart"}
-MAX_MESSAGE_BYTES = 64 * 1024
+MAX_MESSAGE_BYTES = services.MAX_MESSAGE_BYTES
 SIGNALLING_UNAVAILABLE = 4503  # Redis unreachable: try again shortly (the client reconnects with backoff)
+INVALID_REQUEST = 4400  # a malformed query string: nothing was looked up or redeemed
+INTERNAL_ERROR = 4500  # a bug: the socket is closed cleanly and the participant dropped (it may resume)
+CONFLICT = 4409  # the seat is another connection's: already_active, or this one was evicted
+EVICTIONS = {
+    "taken_over": "This visit moved to another window.",  # takeover=1
+    "replaced": "This visit continues on another connection.",  # resumed elsewhere while this socket was open
+}
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +64,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
     caller: services.Caller | None = None
     seat: services.Seat | None = None
     joined = False  # welcomed into the call (not merely refused or still connecting)
+    dropped = False  # disconnect() ran
 
     async def __call__(self, scope, receive, send) -> None:
         # Redis fails under any handler (the store) or under the channel layer's receive loop, which
@@ -62,6 +73,11 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
             await super().__call__(scope, receive, send)
         except RedisError as exc:
             await self.signalling_unavailable(exc)
+        except Exception:
+            # Anything else is a bug, but it must not end as a socket cut without a close frame and a seat
+            # left `connected` (already_active) until a sweeper notices: close cleanly and drop.
+            logger.exception("video signalling failed for encounter %s", getattr(self, "encounter_id", "?"))
+            await self.internal_error()
         finally:
             liveness.release(getattr(self, "connection_id", ""))  # however it ended, even cancelled
 
@@ -90,10 +106,25 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
             except Exception:
                 logger.exception("could not record the interruption of encounter %s", self.encounter_id)
 
+    async def internal_error(self) -> None:
+        with contextlib.suppress(Exception):  # the client may be gone already
+            await self.send_json(
+                {"type": "error", "seq": 0, "code": "internal_error", "message": "Something went wrong."}
+            )
+            await self.close(code=INTERNAL_ERROR)
+        if not self.dropped:
+            # The drop, with its grace period, as for any lost socket: the client may resume.
+            try:
+                await self.disconnect(INTERNAL_ERROR)
+            except Exception:
+                logger.exception("could not drop the participant of encounter %s", self.encounter_id)
+
     # -- connecting ----------------------------------------------------------------------------------
 
     async def connect(self) -> None:
-        self.encounter_id = self.scope["url_route"]["kwargs"]["encounter_id"]
+        # The route admits UUIDs only (video/routing.py); session state is keyed by the canonical spelling,
+        # so an upper-case path is the same seat, not a second one beside it.
+        self.encounter_id = str(uuid.UUID(self.scope["url_route"]["kwargs"]["encounter_id"]))
         self.connection_id = uuid.uuid4().hex
         self.sent = 0
         self.flushing = (
@@ -101,7 +132,11 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
         )  # one flush at a time: the handlers' and the catch-up's (no duplicates)
         liveness.ensure_running()  # this process's heartbeats and sweeper (video/liveness.py)
         await self.accept()
-        query = {k: v[-1] for k, v in parse_qs(self.scope.get("query_string", b"").decode()).items()}
+        try:
+            request = services.connect_request(self.scope.get("query_string", b""))
+        except services.Refused as refused:
+            await self.refuse(refused.code, refused.message, INVALID_REQUEST)
+            return
         self.caller = await database_sync_to_async(services.authenticate)(self.scope)
         if self.caller is None:
             await self.refuse("not_authenticated", "Sign in first.", 4401)
@@ -119,26 +154,35 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
         participants = await store.get_participants(self.encounter_id)
         mine = participants.get(self.user)
         resumed = False
-        if "resume" in query:
-            claims = await store.redeem_token(query["resume"])
-            if not claims or claims.get("user") != self.user or claims.get("encounter") != self.encounter_id:
+        if request.resume:
+            # Redeemed only by the user and encounter it was issued for: anyone else's presentation is refused
+            # without using it up (video/session.py).
+            claims = await store.redeem_token(request.resume, user=self.user, encounter=self.encounter_id)
+            if claims is None:
                 await database_sync_to_async(services.record)(
                     self.caller, self.seat, "resume", self.encounter_id, outcome="denied"
                 )
                 await self.refuse("resume_rejected", "That resume token is not valid for you here.", 4401)
                 return
             resumed = True
-        if mine is not None and mine.status == "connected" and not resumed:
-            if query.get("takeover") != "1":
+        if mine is not None and mine.status == "connected":
+            if resumed:
+                # The token's holder is the participant: the socket it resumes from may still look open here
+                # (a half-open TCP connection), and it must not go on receiving the stream beside this one.
+                eviction = "replaced"
+            elif request.takeover:
+                eviction = "taken_over"
+                await store.revoke_tokens(self.encounter_id, self.user)
+            else:
                 await self.refuse(
                     "already_active",
                     "This visit is open in another window; connect with takeover=1 to move it here.",
-                    4409,
+                    CONFLICT,
                 )
                 return
-            await store.revoke_tokens(self.encounter_id, self.user)
             await self.channel_layer.group_send(
-                _user_group(self.encounter_id, self.user), {"type": "video.evict", "keep": self.connection_id}
+                _user_group(self.encounter_id, self.user),
+                {"type": "video.evict", "keep": self.connection_id, "code": eviction},
             )
         admitted = self.seat.admitted or self.seat.role == "practitioner" or bool(mine and mine.admitted)
         # Heartbeats for this socket (video/liveness.py) start before it is marked connected.
@@ -162,11 +206,11 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
             self.caller, self.seat, "resume" if resumed else "join", self.encounter_id
         )
         if resumed:
-            missed = await store.since(self.encounter_id, self.user, int(query.get("last_seq", "0") or 0))
+            missed = await store.since(self.encounter_id, self.user, request.last_seq)
             if missed is None:
                 await self.refuse("resume_expired", "Too much was missed: join again.", 4410)
                 return
-            self.sent = int(query.get("last_seq", "0") or 0)
+            self.sent = request.last_seq
         else:
             # A fresh join starts at the end of the stream: nothing from an earlier connection is replayed.
             self.sent = await store.last_seq(self.encounter_id, self.user)
@@ -239,7 +283,16 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
 
     async def flush(self) -> int:
         async with self.flushing:
-            messages = await get_store().since(self.encounter_id, self.user, self.sent) or []
+            if self.seat is None:
+                return 0
+            store = get_store()
+            me = await store.get_participant(self.encounter_id, self.user)
+            if me is not None and me.connection not in ("", self.connection_id):
+                # Another connection holds the seat and this socket missed its eviction notice. A record
+                # without a connection (dropped by a sweeper, left, denied) still lets the last messages out.
+                await self.evicted("replaced")
+                return 0
+            messages = await store.since(self.encounter_id, self.user, self.sent) or []
             for message in messages:
                 await self.send_json(message)
                 self.sent = message["seq"]
@@ -258,16 +311,14 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
 
     async def video_evict(self, event) -> None:
         if event.get("keep") != self.connection_id:
-            await self.send_json(
-                {
-                    "type": "error",
-                    "seq": 0,
-                    "code": "taken_over",
-                    "message": "This visit moved to another window.",
-                }
-            )
-            self.seat = None  # this connection no longer speaks for the user
-            await self.close(code=4409)
+            await self.evicted(event.get("code", "taken_over"))
+
+    async def evicted(self, code: str) -> None:
+        if self.seat is None:
+            return
+        self.seat = None  # this connection no longer speaks for the user, nor receives the stream
+        await self.send_json({"type": "error", "seq": 0, "code": code, "message": EVICTIONS[code]})
+        await self.close(code=CONFLICT)
 
     async def video_close(self, event) -> None:
         await self.close(code=event.get("code", 4000))
@@ -282,37 +333,28 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
     # -- messages from the client --------------------------------------------------------------------
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
-        """Frames are parsed here, before the JSON layer: an oversized, binary or malformed frame gets an
-        error and is dropped, never a crashed consumer (which would cut the visit's socket)."""
+        """Frames are parsed here (services.parse_message), before the JSON layer: an oversized, binary,
+        malformed or too deeply nested frame gets an error and is dropped, never a crashed consumer (which
+        would cut the visit's socket and leave the seat taken)."""
         if self.seat is None or self.caller is None:
             return
-        if text_data is None:
-            await self.error("invalid_message", "Signalling messages are JSON text frames.")
-            return
-        if len(text_data) > MAX_MESSAGE_BYTES:
-            await self.error(
-                "message_too_large", f"A signalling message is at most {MAX_MESSAGE_BYTES} bytes."
-            )
-            return
         try:
-            content = await self.decode_json(text_data)
-        except ValueError:
-            await self.error("invalid_message", "Each message is a JSON object with a type.")
+            content = services.parse_message(text_data)
+        except services.Refused as refused:
+            await self.error(refused.code, refused.message)
             return
         await self.receive_json(content, **kwargs)
 
     async def receive_json(self, content, **kwargs) -> None:
         if self.seat is None or self.caller is None:
             return
-        if not isinstance(content, dict) or not isinstance(content.get("type"), str):
-            await self.error("invalid_message", "Each message is a JSON object with a type.")
-            return
         kind = content["type"]
         if kind == "ping":
             # Also send whatever the stream holds that this socket has not sent: a flush notice lost in the
             # channel layer (channels_redis drops messages to a full channel) then costs one ping interval.
             await self.flush()
-            await self.send_json({"type": "pong", "seq": 0, "at": time.time()})
+            if self.seat is not None:  # not evicted meanwhile
+                await self.send_json({"type": "pong", "seq": 0, "at": time.time()})
             return
         if kind == "ack":
             return
@@ -326,7 +368,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
         participants = await store.get_participants(self.encounter_id)
         me = participants.get(self.user)
         if me is None or me.connection != self.connection_id:
-            await self.refuse("taken_over", "This visit moved to another window.", 4409)
+            await self.refuse("taken_over", "This visit moved to another window.", CONFLICT)
             return
         if kind in RELAYED:
             if not me.admitted:
@@ -409,6 +451,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
     # -- dropping ------------------------------------------------------------------------------------
 
     async def disconnect(self, code) -> None:
+        self.dropped = True
         liveness.release(getattr(self, "connection_id", ""))
         if self.seat is None or self.caller is None:
             return

@@ -4,9 +4,12 @@ admitting, dropping and ending do to the encounter. Video reaches clinic data on
 from __future__ import annotations
 
 import datetime
+import json
+import re
 import time
 import uuid
 from dataclasses import dataclass
+from urllib.parse import parse_qs
 
 from django.conf import settings
 
@@ -41,6 +44,84 @@ class Seat:
 
 class NotFound(Exception):
     """Not this caller's encounter (or no such encounter): answered `not_found`, never more."""
+
+
+class Refused(Exception):
+    """A frame or a connection request the protocol does not accept: `code` and `message` go to the client."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# -- what a client may send (video/PROTOCOL.md) ----------------------------------------------------------------
+
+MAX_MESSAGE_BYTES = 64 * 1024
+# json parses (and encodes) nested arrays and objects recursively: a frame of ~1,000 "[" (1 KiB) raises
+# RecursionError in the consumer that parses it, and one a little shallower would be re-encoded and parsed
+# again by the peer's consumer. The protocol's messages hold two or three objects, so the arrays and objects
+# outside strings are counted before anything parses the frame: that bounds the depth, in C-speed string
+# operations only (a Python loop over a 64 KiB frame would cost the event loop ~20 ms a frame).
+MAX_MESSAGE_CONTAINERS = 64
+# A JSON string, to the frame's end if unterminated. Possessive: no backtracking, so it is linear in the
+# frame's length whatever its quotes and backslashes. An unterminated string swallows the brackets after it,
+# but the parser fails inside it without nesting any deeper.
+_STRINGS = re.compile(r'"(?:[^"\\]++|\\.)*+"?', re.DOTALL)
+_LAST_SEQ = re.compile(r"[0-9]{1,15}")
+
+
+def _containers(text: str) -> int:
+    return text.count("[") + text.count("{")
+
+
+def _too_nested(text: str) -> bool:
+    if _containers(text) <= MAX_MESSAGE_CONTAINERS:
+        return False  # every ordinary message, without a second pass
+    return _containers(_STRINGS.sub("", text)) > MAX_MESSAGE_CONTAINERS
+
+
+def parse_message(text: str | None) -> dict:
+    """A client's frame as a message (a JSON object with a string `type`), or Refused."""
+    if text is None:
+        raise Refused("invalid_message", "Signalling messages are JSON text frames.")
+    if len(text) > MAX_MESSAGE_BYTES:
+        raise Refused("message_too_large", f"A signalling message is at most {MAX_MESSAGE_BYTES} bytes.")
+    invalid = Refused("invalid_message", "Each message is a JSON object with a type.")
+    if _too_nested(text):
+        raise invalid
+    try:
+        content = json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: only if the count above were ever wrong
+        raise invalid from None
+    if not isinstance(content, dict) or not isinstance(content.get("type"), str):
+        raise invalid
+    return content
+
+
+@dataclass(frozen=True)
+class ConnectRequest:
+    """The socket's query string: `resume=<token>&last_seq=<n>` and `takeover=1` (video/PROTOCOL.md)."""
+
+    resume: str | None
+    last_seq: int
+    takeover: bool
+
+
+def connect_request(query_string: bytes) -> ConnectRequest:
+    """Checked before anything is looked up or redeemed: a malformed request costs the client no resume
+    token and leaves no seat taken."""
+    try:
+        text = query_string.decode("ascii")  # a browser percent-encodes anything else
+        query = {k: v[-1] for k, v in parse_qs(text, keep_blank_values=True, errors="strict").items()}
+    except (UnicodeDecodeError, ValueError):
+        raise Refused("invalid_request", "The query string is not valid.") from None
+    last_seq = query.get("last_seq", "0")
+    if not _LAST_SEQ.fullmatch(last_seq):
+        raise Refused("invalid_request", "last_seq is the highest seq received: a whole number.")
+    return ConnectRequest(
+        resume=query.get("resume") or None, last_seq=int(last_seq), takeover=query.get("takeover") == "1"
+    )
 
 
 def _host(scope) -> str:

@@ -51,6 +51,10 @@ class MemoryStore:
     async def get_participants(self, encounter: str) -> dict[str, Participant]:
         return {u: Participant(**p) for u, p in self._participants.get(encounter, {}).items()}
 
+    async def get_participant(self, encounter: str, user: str) -> Participant | None:
+        raw = self._participants.get(encounter, {}).get(user)
+        return None if raw is None else Participant(**raw)
+
     async def put_participant(self, encounter: str, participant: Participant) -> None:
         self._participants.setdefault(encounter, {})[participant.user_id] = asdict(participant)
 
@@ -82,12 +86,14 @@ class MemoryStore:
         self._tokens[token] = (claims, time.time() + ttl)
         return token
 
-    async def redeem_token(self, token: str) -> dict | None:
-        """Single use: a token presented once is gone, whether or not it was accepted."""
-        entry = self._tokens.pop(token, None)
-        if entry is None or entry[1] < time.time():
+    async def redeem_token(self, token: str, user: str, encounter: str) -> dict | None:
+        """Single use, by the user and encounter it was issued for: their presentation uses it up; anyone
+        else's is refused and leaves it for its owner (a stolen token cannot lock its owner out)."""
+        entry = self._tokens.get(token)
+        if entry is None or entry[0].get("user") != user or entry[0].get("encounter") != encounter:
             return None
-        return entry[0]
+        del self._tokens[token]
+        return entry[0] if entry[1] >= time.time() else None
 
     async def revoke_tokens(self, encounter: str, user: str) -> None:
         for token, (claims, _) in list(self._tokens.items()):
@@ -234,6 +240,10 @@ class RedisStore:
         raw = await self._redis.hgetall(self._p(encounter))  # type: ignore[misc]  # redis stubs: sync|async
         return {_text(k): Participant(**json.loads(v)) for k, v in raw.items()}
 
+    async def get_participant(self, encounter: str, user: str) -> Participant | None:
+        raw = await self._redis.hget(self._p(encounter), user)  # type: ignore[misc]  # redis stubs: sync|async
+        return None if raw is None else Participant(**json.loads(raw))
+
     async def put_participant(self, encounter: str, participant: Participant) -> None:
         await self._redis.hset(self._p(encounter), participant.user_id, json.dumps(asdict(participant)))
         await self._redis.expire(self._p(encounter), 86400)
@@ -268,22 +278,26 @@ class RedisStore:
         messages = await self._redis.zrangebyscore(key, after + 1, "+inf")
         return [json.loads(m) for m in messages]  # type: ignore[arg-type]  # members are JSON bytes
 
+    @staticmethod
+    def _token(encounter: str, user: str, token: str) -> str:
+        # The key names the token's encounter and user: another user's presentation looks up a key that does
+        # not exist, so it can neither redeem nor use up the token (MemoryStore.redeem_token).
+        return f"video:token:{encounter}:{user}:{token}"
+
     async def issue_token(self, claims: dict, ttl: float) -> str:
         token = secrets.token_urlsafe(32)
-        await self._redis.set(f"video:token:{token}", json.dumps(claims), ex=max(1, int(ttl)))
+        key = self._token(claims["encounter"], claims["user"], token)
+        await self._redis.set(key, json.dumps(claims), ex=max(1, int(ttl)))
         return token
 
-    async def redeem_token(self, token: str) -> dict | None:
-        raw = await self._redis.getdel(f"video:token:{token}")
+    async def redeem_token(self, token: str, user: str, encounter: str) -> dict | None:
+        raw = await self._redis.getdel(self._token(encounter, user, token))
         return json.loads(raw) if raw else None
 
     async def revoke_tokens(self, encounter: str, user: str) -> None:
-        async for key in self._redis.scan_iter(match="video:token:*", count=500):
-            raw = await self._redis.get(key)
-            if raw:
-                claims = json.loads(raw)
-                if claims.get("encounter") == encounter and claims.get("user") == user:
-                    await self._redis.delete(key)
+        # Encounter and user are UUIDs: no glob characters in the pattern but the final "*".
+        async for key in self._redis.scan_iter(match=self._token(encounter, user, "*"), count=500):
+            await self._redis.delete(key)
 
     # -- liveness (video/liveness.py) ------------------------------------------------------------------
 

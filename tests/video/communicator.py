@@ -9,10 +9,11 @@ from asgiref.testing import ApplicationCommunicator
 
 
 class WebsocketCommunicator(ApplicationCommunicator):
-    def __init__(self, application, path: str, headers=None):
+    def __init__(self, application, path: str, headers=None, scheme: str = "ws"):
         parsed = urlparse(path)
         scope = {
             "type": "websocket",
+            "scheme": scheme,  # "wss" behind TLS, or as uvicorn sets it from a trusted X-Forwarded-Proto
             "path": unquote(parsed.path),
             "query_string": parsed.query.encode("utf-8"),
             "headers": headers or [],
@@ -37,6 +38,13 @@ class WebsocketCommunicator(ApplicationCommunicator):
         if response["type"] == "websocket.close":
             raise ConnectionError(f"closed with code {response.get('code')}")
         return json.loads(response["text"])
+
+    async def receive_close(self, timeout: float = 5) -> int:
+        """The code of the next close (any messages sent before it are skipped)."""
+        while True:
+            response = await self.receive_output(timeout)
+            if response["type"] == "websocket.close":
+                return response.get("code", 1000)
 
     async def disconnect(self, code: int = 1000, timeout: float = 5) -> None:
         await self.send_input({"type": "websocket.disconnect", "code": code})

@@ -22,7 +22,7 @@ const DEFAULTS = {
 };
 
 // Refusals after which reconnecting would not help.
-const FATAL = new Set(['not_authenticated', 'not_found', 'taken_over', 'already_active']);
+const FATAL = new Set(['not_authenticated', 'not_found', 'taken_over', 'replaced', 'already_active']);
 
 export function signalUrl(encounterId, base = globalThis.location) {
   const scheme = base.protocol === 'https:' ? 'wss:' : 'ws:';

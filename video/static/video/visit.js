@@ -251,6 +251,7 @@ function onError(m) {
       message('Open in another window', 'This visit is already open in another window or device.', { takeover: true });
       break;
     case 'taken_over':
+    case 'replaced': // resumed on another connection (this one's resume token was used elsewhere)
       finished = true;
       stopStats();
       call?.hangUp('taken over');
@@ -272,6 +273,7 @@ function finish(title, text) {
   call?.hangUp('finished');
   banner('');
   $('quality').hidden = true;
+  $('turn-missing').hidden = true;
   message(title, text);
 }
 
@@ -292,10 +294,25 @@ function bindCall() {
   on('peer', () => renderPeer());
   on('connection', () => renderPeer());
   on('turn', (d) => {
-    if (!d.available) notice('The video relay is not available right now, so video cannot connect. The visit continues; try again shortly.');
-    else notice('');
+    if (d.available) {
+      $('turn-missing').hidden = true;
+      notice('');
+    } else if ($('turn-missing').hidden) {
+      notice('The video relay is not available right now, so video cannot connect. The visit continues; try again shortly.');
+      explainMissingTurn();
+    }
   });
   on('problem', (d) => notice(d.message));
+}
+
+// No relay credentials came with the visit: ask the endpoint why. 503 `turn_unavailable` means this server has no
+// TURN server configured at all, not a passing failure, and the page says so in the template's words.
+async function explainMissingTurn() {
+  const { status, data } = await api(`/api/v1/video/turn-credentials?encounter=${encodeURIComponent(encounterId)}`);
+  if (status === 503 && data?.error?.code === 'turn_unavailable' && !finished) {
+    $('turn-missing').hidden = false;
+    notice('');
+  }
 }
 
 function notice(text) {
