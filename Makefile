@@ -1,5 +1,7 @@
 # Two commands on a fresh machine: `make run` and `make test`. Each installs what it needs first: the runtime's
-# and the development tooling's Python packages (.[dev,devstack]).
+# and the development tooling's Python packages (.[dev,devstack]) here, then, where it can (root with apt-get),
+# Debian's coturn (make run, make test) and Chromium (make test) in devstack/launcher.py, which otherwise says
+# what to install and why.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

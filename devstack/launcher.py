@@ -27,6 +27,7 @@ from devstack.stack import (
     ROOT,
     STACK_VARIABLES,
     dev_secrets,
+    ensure_debian_package,
     log,
     manage,
     role_url,
@@ -119,22 +120,63 @@ class Processes:
                 child.kill()
 
 
+def ensure_coturn() -> bool:
+    """coturn (Debian's package), installed with apt-get where the launcher can; else what to install and why."""
+    from devstack.coturn import turnserver_binary
+
+    return ensure_debian_package(
+        "coturn",
+        lambda: turnserver_binary() is not None,
+        needed_for="video visits relay through it",
+        without=(
+            "video visits have no relay (TURN) and their video cannot connect (calls are relay-only; the visit "
+            "page says the relay is not configured)"
+        ),
+        elsewhere=(
+            "sudo apt-get install coturn (Debian, Ubuntu) or brew install coturn (macOS), then make run again."
+        ),
+    )
+
+
+def ensure_chromium() -> bool:
+    """Debian's Chromium for the browser tests (tests/e2e drive /usr/bin/chromium, or $CHROMIUM, through
+    Playwright), installed with apt-get where the launcher can; else what to install and why."""
+    return ensure_debian_package(
+        "chromium",
+        lambda: Path(os.environ.get("CHROMIUM", "/usr/bin/chromium")).exists(),
+        needed_for="the browser tests in tests/e2e drive it",
+        without="the browser tests (tests/e2e) are skipped",
+        elsewhere=(
+            "sudo apt-get install chromium (Debian's package, /usr/bin/chromium: the tests never run "
+            "`playwright install`), or set CHROMIUM to a Chromium binary."
+        ),
+    )
+
+
+def selects(args: list[str], directory: str) -> bool:
+    """Whether a pytest command line runs tests under `directory`: it names no path (the whole suite) or a path
+    that contains it or lies in it."""
+    target = (ROOT / directory).resolve()
+    paths = [(ROOT / arg.split("::")[0]).resolve() for arg in args if not arg.startswith("-")]
+    paths = [path for path in paths if path.exists()] or [(ROOT / "tests").resolve()]
+    return any(path == target or path in target.parents or target in path.parents for path in paths)
+
+
 def start_coturn(env: dict, procs: Processes) -> None:
-    """coturn on loopback for video relays when it is installed, configured from deploy/coturn by devstack/coturn.py.
-    Skipped when TURN_URLS already names a TURN server."""
+    """coturn on loopback for video relays, configured from deploy/coturn by devstack/coturn.py, installed first
+    where the launcher can (ensure_coturn). Skipped when TURN_URLS already names a TURN server."""
     if env.get("TURN_URLS"):
         log("Using the TURN server named by TURN_URLS.")
         return
-    from devstack.coturn import prepare_local_turn, turnserver_binary
+    from devstack.coturn import prepare_local_turn
 
-    if turnserver_binary() is None:
-        log("coturn is not installed, so video calls have no relay: apt-get install coturn")
+    if not ensure_coturn():
         return
     turn = prepare_local_turn(DATA / "coturn", [dev_secrets()["turn_secret"]])
     try:
         procs.children.append(turn.start())
     except RuntimeError as exc:
-        log(f"coturn did not start, so video calls have no relay: {exc}")
+        log(f"coturn did not start, so video visits have no relay: {exc}")
         return
     env.update({"TURN_SHARED_SECRETS": turn.secrets[0], "TURN_URLS": ",".join(turn.urls())})
     log(f"coturn on {turn.urls()[0]} (relays on {turn.relay_ip}; log in {turn.log}).")
@@ -193,7 +235,7 @@ def cmd_run() -> int:
         )  # the audit shipper, off the request path
         server = procs.start(server_command(host, port, env), env)
         time.sleep(1.5)
-        print_welcome(port)
+        print_welcome(port, env.get("TURN_URLS", ""))
         while not stopping:
             if server.poll() is not None:
                 log(f"The server exited with status {server.returncode}.")
@@ -219,7 +261,7 @@ def cmd_manage(args: list[str]) -> int:
     return subprocess.run([PYTHON, str(ROOT / "manage.py"), *args], env=env, cwd=ROOT).returncode
 
 
-def print_welcome(port: str) -> None:
+def print_welcome(port: str, turn_urls: str = "") -> None:
     from_seed = DATA / "demo-signins.json"
     signins = json.loads(from_seed.read_text()) if from_seed.exists() else {}
     lines = [
@@ -233,6 +275,12 @@ def print_welcome(port: str) -> None:
         f"  Audit:        shipper running; checkpoints in {DATA / 'checkpoints'}; export and verify with",
         '                make manage ARGS="audit_export --org northwind --out /tmp/northwind-audit"',
         "                .venv/bin/python -m audit.verify /tmp/northwind-audit",
+        "  Video relay:  "
+        + (
+            turn_urls.split(",")[0]
+            if turn_urls
+            else "none: coturn is not installed (see above), so video cannot connect; the visit page says so"
+        ),
     ]
     for _org, info in signins.items():
         lines += ["", f"  {info['name']}: http://{info['host']}:{port}/api/v1/portal/branding"]
@@ -354,6 +402,11 @@ def main(argv: list[str]) -> int:
     if command == "manage":
         return cmd_manage(rest)
     if command == "test":
+        # What tests need from outside Python, where the launcher can install it (CI: .ci/run installs it).
+        if selects(rest, "tests/e2e"):
+            ensure_chromium()
+        if selects(rest, "tests/video") or selects(rest, "tests/e2e"):
+            ensure_coturn()
         return cmd_pytest(rest, os.environ.get("TEST_DATABASE_NAME", "telemed_test"))
     if command == "drills":
         return cmd_drills(rest, os.environ.get("TEST_DATABASE_NAME", "telemed_drills"))

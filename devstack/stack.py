@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -107,3 +109,27 @@ def stack_environment(admin_url: str, dbname: str, debug: bool = False, demo: bo
 
 def manage(env: dict, *args: str) -> None:
     subprocess.run([PYTHON, str(ROOT / "manage.py"), *args], env=env, cwd=ROOT, check=True)
+
+
+def ensure_debian_package(
+    package: str, present: Callable[[], bool], *, needed_for: str, without: str, elsewhere: str
+) -> bool:
+    """Whether `package` is there, installing it with apt-get where this process can (root, apt-get present)
+    and saying so; elsewhere, or when apt-get fails, say what is missing, what goes without it, and how to
+    install it. Never fails the launcher: what needs the package degrades and says so."""
+    if present():
+        return True
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        log(f"Installing {package} with apt-get ({needed_for})...")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-qq", package]
+        done = subprocess.run(install, env=env, stdout=subprocess.DEVNULL, check=False).returncode == 0
+        if not done:  # a fresh image often has no package lists yet
+            subprocess.run(["apt-get", "update", "-qq"], env=env, stdout=subprocess.DEVNULL, check=False)
+            subprocess.run(install, env=env, stdout=subprocess.DEVNULL, check=False)
+        if present():
+            log(f"Installed {package}.")
+            return True
+        log(f"apt-get could not install {package} (see its messages above).")
+    log(f"{package} is not installed, so {without}. Install it with: {elsewhere}")
+    return False

@@ -235,10 +235,14 @@ def test_practitioner_and_patient_meet_survive_a_cut_socket_and_end_the_visit(
             doctor.wait("document.querySelector('#quality').dataset.quality !== 'unknown'")
             for person in (doctor, patient):  # the fake camera's frames are decoded on the other side
                 person.wait("document.querySelector('#remote-video').videoWidth > 0")
+                assert not person.page.is_visible("#turn-missing")
         else:
-            # No relay, no candidates: the page says video cannot connect, and the visit goes on.
+            # No relay, no candidates: the page says the server has no relay configured and what to install
+            # (the endpoint answered 503 turn_unavailable), and the visit goes on.
             for person in (doctor, patient):
-                person.page.wait_for_selector("#call-notice:not([hidden])")
+                person.page.wait_for_selector("#turn-missing:not([hidden])")
+                assert "install coturn" in person.page.inner_text("#turn-missing")
+                assert not person.page.is_visible("#call-notice")
 
         # A second window of the same patient is told the visit is open elsewhere (and does not take it).
         other_tab = patient.context.new_page()

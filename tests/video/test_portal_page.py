@@ -169,3 +169,20 @@ def test_the_page_references_what_it_serves(alpha):
     assert set(urls) >= {"/static/video/visit.js", "/static/video/signal.js", "/static/video/call.js"}
     for url in urls:
         assert client.get(url).status_code == 200, url
+
+
+def test_the_page_says_so_when_the_server_has_no_video_relay(alpha, settings):
+    """Calls are relay-only, so without a TURN server video cannot connect. The page carries the message in its
+    template (translatable; no inline script or style), hidden, and visit.js shows it once the credentials
+    endpoint answers 503 `turn_unavailable`. The shell is the same with or without TURN: it tells a visitor
+    who has not signed in nothing about the server."""
+    settings.TURN_SHARED_SECRETS, settings.TURN_URLS = [], []
+    without = page(alpha.host, "00000000-0000-0000-0000-000000000001").content.decode()
+    found = re.search(r'<p class="banner" id="turn-missing" role="alert" hidden>([^<]+)</p>', without)
+    assert found, "no hidden #turn-missing message on the page"
+    assert "not configured" in found.group(1) and "coturn" in found.group(1)
+    settings.TURN_SHARED_SECRETS, settings.TURN_URLS = ["s" * 32], ["turn:127.0.0.1:3478?transport=udp"]
+    assert page(alpha.host, "00000000-0000-0000-0000-000000000001").content.decode() == without
+    client = Client(HTTP_HOST=alpha.host)
+    visit = b"".join(client.get("/static/video/visit.js").streaming_content).decode()
+    assert "$('turn-missing').hidden = false" in visit and "'turn_unavailable'" in visit
