@@ -7,6 +7,7 @@ import json
 import uuid
 
 from django.utils.dateparse import parse_datetime
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -46,7 +47,8 @@ def _int(request: Request, name: str, default: int) -> int:
     raw = request.query_params.get(name)
     if raw in (None, ""):
         return default
-    if not raw.isdigit() or len(raw) > 15:
+    # isascii: str.isdigit() is also true for "²" and other digits int() refuses, which made a 500.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 15:
         raise ApiError(
             "invalid_request",
             f"{name} must be a non-negative integer.",
@@ -100,9 +102,13 @@ class AuditEventListView(TenantAPIView):
             OpenApiParameter("patient", uuid.UUID),
             OpenApiParameter("user", uuid.UUID),
             OpenApiParameter("action", str),
-            OpenApiParameter("since", str),
-            OpenApiParameter("until", str),
-            OpenApiParameter("after_seq", int, description="continue from this sequence number"),
+            OpenApiParameter("since", OpenApiTypes.DATETIME, description="recorded at or after (ISO 8601)"),
+            OpenApiParameter("until", OpenApiTypes.DATETIME, description="recorded before (ISO 8601)"),
+            OpenApiParameter(
+                "after_seq",
+                {"type": "integer", "minimum": 0, "maximum": 10**15 - 1},
+                description="continue from this sequence number",
+            ),
         ],
         responses=dict,
         summary="Search the organization's audit log (auditors)",

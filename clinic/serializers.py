@@ -6,6 +6,8 @@ from __future__ import annotations
 from django.utils import timezone
 from rest_framework import serializers
 
+from tenancy.strict import StrictSerializer
+
 from .models import BreakGlass, CareTeamMember, ClinicalNote, Consent, ConsentEvent, Encounter, EncounterEvent
 
 
@@ -19,7 +21,7 @@ class AddressField(serializers.DictField):
         return value
 
 
-class PatientSerializer(serializers.Serializer):
+class PatientSerializer(StrictSerializer):
     id = serializers.UUIDField(read_only=True)
     given_name = serializers.CharField(max_length=200)
     family_name = serializers.CharField(max_length=200)
@@ -64,7 +66,7 @@ class CareTeamMemberSerializer(serializers.ModelSerializer):
         return obj.period_start <= now and (obj.period_end is None or obj.period_end > now)
 
 
-class CareTeamAssignSerializer(serializers.Serializer):
+class CareTeamAssignSerializer(StrictSerializer):
     practitioner = serializers.UUIDField(help_text="The practitioner's membership id")
     role = serializers.ChoiceField(choices=CareTeamMember.Role.choices, default=CareTeamMember.Role.PRIMARY)
     until = serializers.DateTimeField(required=False, allow_null=True)
@@ -77,13 +79,13 @@ class ConsentSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class ConsentGrantSerializer(serializers.Serializer):
+class ConsentGrantSerializer(StrictSerializer):
     purpose = serializers.ChoiceField(choices=Consent.Purpose.choices)
     note = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
     until = serializers.DateTimeField(required=False, allow_null=True)
 
 
-class ConsentWithdrawSerializer(serializers.Serializer):
+class ConsentWithdrawSerializer(StrictSerializer):
     note = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
 
 
@@ -115,7 +117,7 @@ class EncounterSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class EncounterCreateSerializer(serializers.Serializer):
+class EncounterCreateSerializer(StrictSerializer):
     patient = serializers.UUIDField()
     practitioner = serializers.UUIDField(help_text="The practitioner's membership id")
     scheduled_at = serializers.DateTimeField()
@@ -149,7 +151,7 @@ class NoteSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class NoteBodySerializer(serializers.Serializer):
+class NoteBodySerializer(StrictSerializer):
     body = serializers.CharField(max_length=100_000)
 
 
@@ -166,7 +168,7 @@ class BreakGlassSerializer(serializers.ModelSerializer):
         return obj.closed_at is None and obj.expires_at > timezone.now()
 
 
-class BreakGlassOpenSerializer(serializers.Serializer):
+class BreakGlassOpenSerializer(StrictSerializer):
     patient = serializers.UUIDField()
     reason = serializers.CharField(max_length=2000)
     minutes = serializers.IntegerField(min_value=1, max_value=240, default=60)

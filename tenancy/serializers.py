@@ -11,6 +11,7 @@ from rest_framework import exceptions, parsers, serializers
 from rest_framework.utils.json import strict_constant
 
 from .models import Invitation, Membership, Organization, Role
+from .strict import StrictModelSerializer, StrictSerializer
 
 
 class RequestTooLarge(exceptions.APIException):
@@ -82,13 +83,13 @@ def totp_code_field(**kwargs) -> serializers.RegexField:
     )
 
 
-class LoginSerializer(serializers.Serializer):
+class LoginSerializer(StrictSerializer):
     email = serializers.EmailField(max_length=254)
     password = serializers.CharField(max_length=1024, trim_whitespace=False)
     totp = totp_code_field(required=False, allow_blank=True)
 
 
-class TotpCodeSerializer(serializers.Serializer):
+class TotpCodeSerializer(StrictSerializer):
     code = totp_code_field()
 
 
@@ -101,7 +102,7 @@ class BrandingSerializer(serializers.Serializer):
     support = serializers.DictField()
 
 
-class OrganizationSettingsSerializer(serializers.ModelSerializer):
+class OrganizationSettingsSerializer(StrictModelSerializer):
     idle_timeout_minutes = serializers.IntegerField(min_value=1, max_value=24 * 60)
 
     class Meta:
@@ -131,13 +132,13 @@ class MembershipSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class MembershipCreateSerializer(serializers.Serializer):
+class MembershipCreateSerializer(StrictSerializer):
     email = serializers.EmailField(max_length=254)
     role = serializers.ChoiceField(choices=Role.choices)
     display_name = serializers.CharField(max_length=200, required=False, allow_blank=True)
 
 
-class MembershipUpdateSerializer(serializers.Serializer):
+class MembershipUpdateSerializer(StrictSerializer):
     role = serializers.ChoiceField(choices=Role.choices)
 
 
@@ -154,7 +155,7 @@ class InvitationSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class InvitationAcceptSerializer(serializers.Serializer):
+class InvitationAcceptSerializer(StrictSerializer):
     token = serializers.CharField(max_length=100)
     password = serializers.CharField(max_length=1024, trim_whitespace=False)
     totp = totp_code_field(required=False, allow_blank=True)

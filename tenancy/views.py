@@ -42,6 +42,7 @@ from .context import ANONYMOUS, TenantContext, activate, deactivate
 from .errors import ApiError, error_body, json_error
 from .models import Invitation, Membership, Organization, User
 from .permissions import IsOrgAdmin
+from .schema import error_responses
 from .serializers import (
     BrandingSerializer,
     InvitationAcceptSerializer,
@@ -53,6 +54,7 @@ from .serializers import (
     OrganizationSettingsSerializer,
     TotpCodeSerializer,
 )
+from .strict import StrictRequestMixin
 
 PURPOSE_HEADER = OpenApiParameter(
     "X-Purpose-Of-Use",
@@ -86,7 +88,7 @@ def paginated(serializer_class: type[serializers.Serializer]) -> serializers.Ser
     )
 
 
-class TenantAPIView(APIView):
+class TenantAPIView(StrictRequestMixin, APIView):
     """Base view: the organization comes from the Host, the context from authentication."""
 
     allow_mfa_pending = False
@@ -205,7 +207,8 @@ class LoginView(_SignInBase):
                     "role": serializers.CharField(),
                     "mfa_enrollment_required": serializers.BooleanField(),
                 },
-            )
+            ),
+            **error_responses(401, 403),  # wrong credentials or locked; the CSRF check
         },
         summary="Sign in to this organization's portal (session cookie)",
     )
@@ -240,7 +243,8 @@ class TokenView(_SignInBase):
                     "token_type": serializers.CharField(),
                     "expires_at": serializers.DateTimeField(),
                 },
-            )
+            ),
+            **error_responses(401, 403),  # wrong credentials or locked; MFA enrollment required first
         },
         summary="Issue a short-lived bearer token",
     )
@@ -315,7 +319,9 @@ class MeView(TenantAPIView):
 class TotpView(TenantAPIView):
     allow_mfa_pending = True
 
-    @extend_schema(request=None, responses=dict, summary="Start TOTP enrollment: a secret and otpauth URI")
+    @extend_schema(
+        request=None, responses={201: dict}, summary="Start TOTP enrollment: a secret and otpauth URI"
+    )
     def post(self, request: Request) -> Response:
         body = services.begin_totp_enrollment(
             user=request_user(request),
@@ -380,7 +386,9 @@ class OrganizationSettingsView(TenantAPIView):
     def get(self, request: Request) -> Response:
         return Response(OrganizationSettingsSerializer(request_org(request)).data)
 
-    @extend_schema(request=OrganizationSettingsSerializer, responses=OrganizationSettingsSerializer)
+    @extend_schema(
+        request=OrganizationSettingsSerializer(partial=True), responses=OrganizationSettingsSerializer
+    )
     def patch(self, request: Request) -> Response:
         serializer = OrganizationSettingsSerializer(request_org(request), data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
@@ -492,6 +500,7 @@ class InvitationAcceptView(TenantAPIView):
                 "InvitationAccepted",
                 {"organization": serializers.CharField(), "role": serializers.CharField()},
             ),
+            **error_responses(401),  # the password or code of an existing account is wrong
         },
         summary="Accept an invitation (the mailed token, and your password and TOTP code if you have an account)",
     )

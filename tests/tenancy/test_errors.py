@@ -442,3 +442,269 @@ def test_no_docs_page_pulls_from_a_cdn_or_runs_inline_script(api, clinics):
         assert "https://" not in response.content.decode() and "http://" not in response.content.decode(), (
             route
         )
+
+
+# -- strict requests (issue 11, finding 15) --------------------------------------------------------------
+# A body carries exactly the fields the operation declares: an unknown one (a client's typo) is refused by
+# name instead of silently dropped, and so is a read-only one or a value of the wrong JSON type. The
+# representative endpoints span tenancy, clinic, audit and video; tenancy.strict is the one mechanism.
+
+
+@pytest.fixture
+def signed_in(api, alpha):
+    def client(role: str):
+        result = api(alpha.host)
+        result.sign_in_token(alpha.email(role))
+        return result
+
+    return client
+
+
+@pytest.fixture
+def world(alpha):
+    from tests.clinic.test_cross_org import build_world
+
+    return build_world(alpha, "alpha")
+
+
+def assert_refused(response, **fields) -> dict:
+    """400 invalid_request naming exactly `fields` (name -> the expected messages)."""
+    body = assert_error_shape(response)
+    assert response.status_code == 400, response.content
+    assert body["error"]["code"] == "invalid_request", body
+    assert body["error"]["fields"] == fields, body
+    return body
+
+
+def test_an_unknown_field_is_refused_by_name_and_nothing_is_saved(admin, api, alpha):
+    before = admin.get("/api/v1/organization").json()
+    response = admin.patch("/api/v1/organization", {"display_name": "Renamed", "primary_colour": "#000000"})
+    assert_refused(response, primary_colour=["Unknown field."])
+    assert admin.get("/api/v1/organization").json() == before, "the valid field was not applied either"
+
+    response = admin.post("/api/v1/memberships", {"email": "typo@alpha.test", "role": "staff", "rol": "x"})
+    assert_refused(response, rol=["Unknown field."])
+
+    # Signed out too: a sign-in with an extra field is refused before the credentials are checked.
+    response = api(alpha.host).post(
+        "/api/v1/auth/tokens", {"email": alpha.email("staff"), "password": PASSWORD, "remember_me": True}
+    )
+    assert_refused(response, remember_me=["Unknown field."])
+
+
+def test_clinic_bodies_refuse_unknown_fields(signed_in, world):
+    staff, doctor = signed_in("staff"), signed_in("practitioner")
+    new_patient = {"given_name": "Ada", "family_name": "Tessel", "birth_date": "1980-02-03"}
+    response = staff.post("/api/v1/patients", {**new_patient, "famly_name": "Tesel"})
+    assert_refused(response, famly_name=["Unknown field."])
+    assert staff.post("/api/v1/patients", new_patient).status_code == 201
+
+    url = f"/api/v1/patients/{world.patient.pk}"
+    phone = staff.get(url).json()["phone"]
+    response = staff.patch(url, {"phone": "+1-555-0000", "telephone": "+1-555-0000"})
+    assert_refused(response, telephone=["Unknown field."])
+    assert staff.get(url).json()["phone"] == phone
+
+    response = doctor.post(
+        f"/api/v1/encounters/{world.encounter.pk}/notes", {"body": "Seen.", "signed": True}
+    )
+    assert_refused(response, signed=["Unknown field."])
+    response = staff.post(
+        f"/api/v1/patients/{world.patient.pk}/consents", {"purpose": "analytics", "expires": "x"}
+    )
+    assert_refused(response, expires=["Unknown field."])
+
+
+def test_read_only_fields_are_refused_saying_so(admin, signed_in, world):
+    from tenancy.strict import READ_ONLY_FIELD
+
+    staff = signed_in("staff")
+    url = f"/api/v1/patients/{world.patient.pk}"
+    echoed = staff.get(url).json()  # a client that sends the resource back with one change
+    response = staff.patch(url, {**echoed, "phone": "+1-555-1234"})
+    assert_refused(
+        response, id=[READ_ONLY_FIELD], created_at=[READ_ONLY_FIELD], has_portal_account=[READ_ONLY_FIELD]
+    )
+    assert staff.get(url).json()["phone"] == echoed["phone"]
+    assert_refused(admin.patch("/api/v1/organization", {"slug": "beta"}), slug=[READ_ONLY_FIELD])
+
+
+def test_values_of_the_wrong_json_type_are_refused_not_coerced(admin, signed_in, world):
+    response = admin.post(
+        "/api/v1/memberships", {"email": "types@alpha.test", "role": "staff", "display_name": 0}
+    )
+    assert_refused(response, display_name=["Must be a string."])
+    response = admin.patch("/api/v1/organization", {"require_mfa": "yes", "idle_timeout_minutes": "30"})
+    assert_refused(
+        response, require_mfa=["Must be true or false."], idle_timeout_minutes=["Must be an integer."]
+    )
+    response = signed_in("staff").patch(f"/api/v1/patients/{world.patient.pk}", {"address": {"line": 5}})
+    assert_refused(response, address={"line": ["Must be a string."]})
+    # JSON Schema's integer admits 30.0, and so does the server.
+    assert admin.patch("/api/v1/organization", {"idle_timeout_minutes": 30.0}).status_code == 200
+
+
+def test_an_operation_without_a_body_refuses_one_instead_of_ignoring_it(signed_in, world):
+    doctor = signed_in("practitioner")
+    response = doctor.post("/api/v1/auth/logout", {"all_sessions": True})
+    assert_refused(response, all_sessions=["Unknown field: this operation takes no request body."])
+    assert doctor.get("/api/v1/auth/me").status_code == 200, "the refused sign-out did not happen"
+
+    response = doctor.post(f"/api/v1/notes/{world.draft.pk}/sign", {"force": True})
+    assert_refused(response, force=["Unknown field: this operation takes no request body."])
+    assert doctor.get(f"/api/v1/notes/{world.draft.pk}").json()["status"] == "draft"
+    response = doctor.post(f"/api/v1/notes/{world.draft.pk}/sign", "[]")
+    assert response.status_code == 400
+    assert "no request body" in assert_error_shape(response)["error"]["message"]
+
+    # No body at all, or an empty object, is no body.
+    assert doctor.post(f"/api/v1/notes/{world.draft.pk}/sign", {}).status_code == 200
+    assert doctor.client.generic("POST", "/api/v1/auth/logout", headers=doctor.headers).status_code == 204
+
+
+@pytest.mark.parametrize("body", ["[]", '[{"body": "x"}]', '"x"', "null", "1", "true"])
+def test_a_body_that_is_not_a_json_object_is_refused_everywhere(admin, signed_in, world, body):
+    doctor, staff = signed_in("practitioner"), signed_in("staff")
+    for client, method, path in [
+        (admin, "post", "/api/v1/memberships"),
+        (admin, "patch", "/api/v1/organization"),
+        (staff, "post", "/api/v1/patients"),
+        (staff, "patch", f"/api/v1/patients/{world.patient.pk}"),
+        (doctor, "patch", f"/api/v1/notes/{world.draft.pk}"),
+        (doctor, "post", f"/api/v1/encounters/{world.encounter.pk}/end"),
+    ]:
+        response = getattr(client, method)(path, body)
+        assert response.status_code == 400, (method, path, body, response.content)
+        message = assert_error_shape(response)["error"]["message"]
+        assert "JSON object" in message or "no request body" in message, (path, message)
+
+
+@pytest.mark.parametrize(
+    "value,status,code",
+    [
+        ("", 400, "invalid_purpose"),
+        ("   ", 400, "invalid_purpose"),
+        ("Treatment", 400, "invalid_purpose"),
+        ("care", 400, "invalid_purpose"),
+        ("treatment,emergency", 400, "invalid_purpose"),
+        ("audit", 403, "purpose_not_permitted"),
+    ],
+)
+def test_an_empty_or_unknown_purpose_header_is_a_clear_400(signed_in, value, status, code):
+    for path in ("/api/v1/auth/me", "/api/v1/patients", "/api/v1/encounters"):
+        response = signed_in("practitioner").get(path, **{"X-Purpose-Of-Use": value})
+        body = assert_error_shape(response)
+        assert (response.status_code, body["error"]["code"]) == (status, code), (path, value, body)
+        if status == 400:
+            assert set(body["error"]["fields"]) == {"X-Purpose-Of-Use"}
+            assert "treatment" in body["error"]["fields"]["X-Purpose-Of-Use"][0]
+
+
+def test_a_missing_purpose_header_is_the_roles_usual_purpose(signed_in):
+    doctor = signed_in("practitioner")
+    assert doctor.get("/api/v1/auth/me").json()["purpose_of_use"] == "treatment"
+    assert doctor.get("/api/v1/auth/me", **{"X-Purpose-Of-Use": "emergency"}).json()["purpose_of_use"] == (
+        "emergency"
+    )
+
+
+@pytest.mark.parametrize(
+    "role,method,path",
+    [
+        (None, "delete", "/api/v1/patients"),
+        (None, "put", "/api/v1/auth/me"),
+        ("staff", "post", "/api/v1/audit/events"),
+        ("patient", "delete", "/api/v1/organization"),
+        ("auditor", "post", "/api/v1/video/turn-credentials"),
+        ("practitioner", "patch", "/api/v1/encounters"),
+    ],
+)
+def test_an_undeclared_method_is_405_for_everyone_with_allow(api, alpha, signed_in, role, method, path):
+    """Before authentication and permissions: not a 401 or a 403 that depends on who asks."""
+    client = signed_in(role) if role else api(alpha.host)
+    response = client.client.generic(
+        method.upper(), path, data=b"{}", content_type="application/json", headers=client.headers
+    )
+    assert response.status_code == 405, (role, method, path, response.content)
+    assert assert_error_shape(response)["error"]["code"] == "method_not_allowed"
+    allowed = {m.strip() for m in response["Allow"].split(",")}
+    assert method.upper() not in allowed and "OPTIONS" in allowed
+
+
+def test_a_query_parameter_given_twice_is_refused(signed_in, world):
+    response = signed_in("auditor").get("/api/v1/audit/events?after_seq=1&after_seq=2")
+    assert_refused(response, after_seq=["Given more than once; send it once."])
+    encounter = world.encounter.pk
+    response = signed_in("practitioner").get(
+        f"/api/v1/video/turn-credentials?encounter={encounter}&encounter=x"
+    )
+    assert_refused(response, encounter=["Given more than once; send it once."])
+
+
+# -- the schema tells the truth --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def openapi(api, clinics) -> dict:
+    response = api("alpha.localhost").get("/api/v1/schema/?format=json")
+    assert response.status_code == 200
+    return json.loads(response.content)
+
+
+def operations(schema: dict):
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            yield f"{method.upper()} {path}", method, operation
+
+
+def test_every_operation_documents_its_error_responses(openapi):
+    from tenancy.models import PurposeOfUse
+
+    error = {"$ref": "#/components/schemas/Error"}
+    for label, method, operation in operations(openapi):
+        responses = operation["responses"]
+        expected = {"404", "406", "503"}
+        signed_in = any("bearerToken" in requirement for requirement in operation.get("security", []))
+        if signed_in:
+            expected |= {"400", "401", "403"}
+            purpose = [p for p in operation.get("parameters", []) if p["name"] == "X-Purpose-Of-Use"]
+            assert len(purpose) == 1 and purpose[0]["in"] == "header", label
+            assert sorted(purpose[0]["schema"]["enum"]) == sorted(PurposeOfUse.values), label
+        if method in ("post", "put", "patch", "delete"):
+            expected |= {"400", "409"}
+        if "requestBody" in operation:
+            expected |= {"400", "413", "415"}
+        assert expected <= set(responses), (label, sorted(expected - set(responses)))
+        for status, response in responses.items():
+            if int(status) >= 400:
+                assert response["content"]["application/json"]["schema"] == error, (label, status)
+        assert "503" in responses and "Retry-After" in responses["503"]["headers"], label
+
+
+def test_every_request_body_refuses_fields_it_does_not_declare(openapi):
+    """Every input serializer is strict (tenancy.strict), so the schema says `additionalProperties: false`."""
+    components = openapi["components"]["schemas"]
+    bodies = 0
+    for label, _method, operation in operations(openapi):
+        for media in operation.get("requestBody", {}).get("content", {}).values():
+            name = media["schema"]["$ref"].rsplit("/", 1)[1]
+            assert components[name].get("additionalProperties") is False, (label, name)
+            bodies += 1
+    assert bodies >= 15
+
+
+def test_the_error_schema_is_the_shape_the_server_sends(admin, openapi):
+    import jsonschema
+
+    components = openapi["components"]["schemas"]
+    # The component, with the components beside it so that its "#/components/..." references resolve.
+    schema = {**components["Error"], "components": {"schemas": components}}
+    for response in (
+        admin.post("/api/v1/memberships", {"email": "x", "role": "wizard", "nope": 1}),
+        admin.patch("/api/v1/organization", {"address": {"line": 5}}),
+        admin.delete("/api/v1/memberships"),
+        admin.get("/api/v1/memberships/00000000-0000-0000-0000-000000000000"),
+        admin.get("/api/v1/auth/me", **{"X-Purpose-Of-Use": ""}),
+    ):
+        assert response.status_code >= 400
+        jsonschema.validate(json.loads(response.content), schema)
