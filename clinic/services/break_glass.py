@@ -1,0 +1,94 @@
+"""Break-glass: emergency access outside the care relationship, with a stated reason and a time box."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from django.db import IntegrityError, transaction
+
+from tenancy.errors import ApiError
+from tenancy.models import Membership, PurposeOfUse, Role
+
+from ..models import (
+    BreakGlass,
+)
+from .common import _not_found, _now, record_phi_access, require_purpose, state_hash, visible_length
+
+BREAK_GLASS_DEFAULT_MINUTES = 60
+
+
+BREAK_GLASS_MAX_MINUTES = 240
+
+
+@transaction.atomic
+def open_break_glass(
+    *, patient_id: uuid.UUID, reason: str, actor: Membership, minutes: int = BREAK_GLASS_DEFAULT_MINUTES
+) -> BreakGlass:
+    """Emergency access to a patient outside the care relationship: stated reason, time box, own event."""
+    require_purpose(PurposeOfUse.EMERGENCY)
+    if actor.role != Role.PRACTITIONER:
+        raise ApiError("not_permitted", "Only practitioners may break the glass.", 403)
+    if visible_length(reason or "") < 10:
+        raise ApiError(
+            "reason_required",
+            "State the emergency (at least 10 characters).",
+            400,
+            {"reason": ["A reason of at least 10 characters is required."]},
+        )
+    if not 1 <= minutes <= BREAK_GLASS_MAX_MINUTES:
+        raise ApiError(
+            "invalid_duration",
+            f"Between 1 and {BREAK_GLASS_MAX_MINUTES} minutes.",
+            400,
+            {"minutes": [f"Between 1 and {BREAK_GLASS_MAX_MINUTES}."]},
+        )
+    now = _now()
+    grant = BreakGlass(
+        org_id=actor.org_id,
+        practitioner=actor,
+        patient_id=patient_id,
+        reason=reason.strip(),
+        opened_at=now,
+        expires_at=now + timedelta(minutes=minutes),
+    )
+    try:
+        with transaction.atomic():
+            grant.save(force_insert=True)
+    except IntegrityError:
+        # The composite foreign key found no such patient in this organization.
+        raise _not_found() from None
+    record_phi_access(
+        action="break_glass_open",
+        resource="BreakGlass",
+        resource_id=grant.pk,
+        patient_id=patient_id,
+        after=state_hash(grant),
+        detail={"minutes": minutes},
+    )
+    return grant
+
+
+@transaction.atomic
+def close_break_glass(*, grant: BreakGlass, actor: Membership) -> BreakGlass:
+    if grant.closed_at is not None:
+        raise ApiError("already_closed", "This break-glass access is already closed.", 409)
+    before = state_hash(grant)
+    grant.closed_at = _now()
+    grant.save(update_fields=["closed_at"])
+    record_phi_access(
+        action="break_glass_close",
+        resource="BreakGlass",
+        resource_id=grant.pk,
+        patient_id=grant.patient_id,
+        before=before,
+        after=state_hash(grant),
+    )
+    return grant
+
+
+def get_break_glass_for_user(grant_id: uuid.UUID) -> BreakGlass:
+    grant = BreakGlass.objects.filter(pk=grant_id).first()
+    if grant is None:
+        raise _not_found()
+    return grant

@@ -1,0 +1,83 @@
+"""Care teams: the practitioners who hold a patient's whole chart, for a period."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db import transaction
+from django.db.models import Q
+
+from tenancy.errors import ApiError
+from tenancy.models import Membership, Role
+
+from ..models import (
+    CareTeamMember,
+    Patient,
+)
+from .common import _check_period_end, _now, record_phi_access, state_hash
+
+
+@transaction.atomic
+def assign_care_team(
+    *,
+    patient: Patient,
+    practitioner: Membership,
+    actor: Membership,
+    role: str = CareTeamMember.Role.PRIMARY,
+    until: datetime | None = None,
+) -> CareTeamMember:
+    if practitioner.role != Role.PRACTITIONER:
+        raise ApiError(
+            "not_a_practitioner",
+            "Only practitioners join a care team.",
+            400,
+            {"practitioner": ["This member is not a practitioner."]},
+        )
+    now = _now()
+    _check_period_end(until, now)
+    existing = (
+        CareTeamMember.objects.filter(patient=patient, practitioner=practitioner)
+        .filter(Q(period_end__isnull=True) | Q(period_end__gt=now))
+        .first()
+    )
+    if existing is not None:
+        raise ApiError(
+            "already_on_care_team", "This practitioner is already on the patient's care team.", 409
+        )
+    member = CareTeamMember(
+        org_id=patient.org_id,
+        patient=patient,
+        practitioner=practitioner,
+        role=role,
+        period_start=now,
+        period_end=until,
+        added_by=actor,
+    )
+    member.save(force_insert=True)
+    record_phi_access(
+        action="create",
+        resource="CareTeamMember",
+        resource_id=member.pk,
+        patient_id=patient.pk,
+        after=state_hash(member),
+    )
+    return member
+
+
+@transaction.atomic
+def end_care_team(*, member: CareTeamMember, actor: Membership) -> CareTeamMember:
+    now = _now()
+    if member.period_end is not None and member.period_end <= now:
+        raise ApiError("already_ended", "This care team assignment has already ended.", 409)
+    before = state_hash(member)
+    member.period_end = now
+    member.save(update_fields=["period_end"])
+    record_phi_access(
+        action="update",
+        resource="CareTeamMember",
+        resource_id=member.pk,
+        patient_id=member.patient_id,
+        before=before,
+        after=state_hash(member),
+    )
+    return member

@@ -1,0 +1,127 @@
+"""Clinical notes: drafts, signing, and amendments as new versions (a signed note never changes)."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import transaction
+
+from tenancy.errors import ApiError
+from tenancy.models import Membership, Role
+
+from ..models import (
+    ClinicalNote,
+    Encounter,
+)
+from .common import _not_found, _now, record_phi_access, state_hash
+from .encounters import S, add_timeline_event
+
+
+def get_note_for_user(note_id: uuid.UUID) -> ClinicalNote:
+    note = ClinicalNote.objects.filter(pk=note_id).first()
+    if note is None:
+        raise _not_found()
+    return note
+
+
+@transaction.atomic
+def create_note(*, encounter: Encounter, body: str, author: Membership) -> ClinicalNote:
+    if author.role != Role.PRACTITIONER:
+        raise ApiError("not_permitted", "Only practitioners write clinical notes.", 403)
+    if encounter.status in (S.CANCELLED, S.PLANNED):
+        raise ApiError(
+            "invalid_state",
+            f"No note on a {encounter.status} encounter.",
+            409,
+            {"encounter": [f"The encounter is {encounter.status}."]},
+        )
+    note = ClinicalNote(
+        org_id=encounter.org_id,
+        encounter=encounter,
+        patient_id=encounter.patient_id,
+        author=author,
+        body=body,
+    )
+    note.save(force_insert=True)
+    record_phi_access(
+        action="create",
+        resource="ClinicalNote",
+        resource_id=note.pk,
+        patient_id=encounter.patient_id,
+        after=state_hash(note),
+    )
+    return note
+
+
+@transaction.atomic
+def update_draft_note(*, note: ClinicalNote, body: str, author: Membership) -> ClinicalNote:
+    if note.status != ClinicalNote.Status.DRAFT:
+        raise ApiError("note_signed", "A signed note cannot be edited; amend it instead.", 409)
+    if note.author_id != author.pk:
+        raise ApiError("not_permitted", "Only the author edits a draft.", 403)
+    before = state_hash(note)
+    note.body = body
+    note.save(update_fields=["body"])
+    record_phi_access(
+        action="update",
+        resource="ClinicalNote",
+        resource_id=note.pk,
+        patient_id=note.patient_id,
+        before=before,
+        after=state_hash(note),
+    )
+    return note
+
+
+@transaction.atomic
+def sign_note(*, note: ClinicalNote, actor: Membership) -> ClinicalNote:
+    if note.status == ClinicalNote.Status.SIGNED:
+        raise ApiError("already_signed", "This note is already signed.", 409)
+    if note.author_id != actor.pk:
+        raise ApiError("not_permitted", "Only the author signs a note.", 403)
+    before = state_hash(note)
+    note.status, note.signed_at = ClinicalNote.Status.SIGNED, _now()
+    note.save(update_fields=["status", "signed_at"])
+    encounter = Encounter.objects.select_for_update().get(pk=note.encounter_id)
+    add_timeline_event(encounter, "note_signed", actor, note=str(note.pk), version=note.version)
+    if encounter.documentation_required:
+        Encounter.objects.filter(pk=encounter.pk).update(documentation_required=False)
+        add_timeline_event(encounter, "documented", actor, note=str(note.pk))
+    record_phi_access(
+        action="update",
+        resource="ClinicalNote",
+        resource_id=note.pk,
+        patient_id=note.patient_id,
+        before=before,
+        after=state_hash(note),
+        detail={"step": "sign"},
+    )
+    return note
+
+
+@transaction.atomic
+def amend_note(*, note: ClinicalNote, body: str, actor: Membership) -> ClinicalNote:
+    """A signed note stays as it was; the amendment is a new draft version that points at it."""
+    if note.status != ClinicalNote.Status.SIGNED:
+        raise ApiError("not_signed", "Only a signed note is amended; edit the draft instead.", 409)
+    if ClinicalNote.objects.filter(amends=note).exists():
+        raise ApiError("already_amended", "This version has already been amended; amend the newest one.", 409)
+    amendment = ClinicalNote(
+        org_id=note.org_id,
+        encounter_id=note.encounter_id,
+        patient_id=note.patient_id,
+        author=actor,
+        body=body,
+        version=note.version + 1,
+        amends=note,
+    )
+    amendment.save(force_insert=True)
+    record_phi_access(
+        action="create",
+        resource="ClinicalNote",
+        resource_id=amendment.pk,
+        patient_id=note.patient_id,
+        after=state_hash(amendment),
+        detail={"amends": str(note.pk)},
+    )
+    return amendment

@@ -1,0 +1,123 @@
+"""Patients: registration, demographics and contact details, and search by exact identifier.
+
+A health card number is unique in the clinic, enforced by the database whatever the caller may see."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import IntegrityError, transaction
+
+from tenancy.context import current
+from tenancy.errors import ApiError
+from tenancy.models import Membership, Role
+
+from ..models import (
+    Patient,
+)
+from .common import _not_found, record_phi_access, state_hash
+
+
+def get_patient_for_user(patient_id: uuid.UUID) -> Patient:
+    patient = Patient.objects.filter(pk=patient_id).first()
+    if patient is None:
+        raise _not_found()
+    return patient
+
+
+def own_patient_ids() -> list[uuid.UUID]:
+    """The signed-in patient's own records (row policies show a patient nothing else)."""
+    return list(Patient.objects.values_list("id", flat=True))
+
+
+PATIENT_FIELDS = (
+    "given_name",
+    "family_name",
+    "birth_date",
+    "email",
+    "phone",
+    "address",
+    "health_card_number",
+)
+
+
+PATIENT_CONTACT_FIELDS = ("email", "phone", "address")
+
+
+def search_patients(*, email: str = "", health_card_number: str = ""):
+    """Exact match only, through the blind indexes; the queryset is already confined by row policies."""
+    queryset = Patient.objects.all()
+    if email:
+        queryset = queryset.filter(email=email)
+    if health_card_number:
+        queryset = queryset.filter(health_card_number=health_card_number)
+    return queryset
+
+
+def _duplicate_patient() -> ApiError:
+    # The same answer whether or not the caller may see the existing patient: that one exists is all it says.
+    return ApiError(
+        "duplicate_patient",
+        "A patient with this health card number is already registered in this clinic. If they are in your "
+        "care, ask the front desk to add you to their care team.",
+        409,
+        {"health_card_number": ["Already registered."]},
+    )
+
+
+def _save_patient(patient: Patient, **kwargs) -> None:
+    """Save, turning the database's one-patient-per-health-card constraint into a clear 409. The constraint
+    sees every row of the clinic, including those the caller's row policies hide."""
+    try:
+        with transaction.atomic():
+            patient.save(**kwargs)
+    except IntegrityError as exc:
+        if getattr(getattr(exc.__cause__, "diag", None), "constraint_name", "") == HEALTH_CARD_CONSTRAINT:
+            raise _duplicate_patient() from None
+        raise
+
+
+HEALTH_CARD_CONSTRAINT = "clinic_patient_one_per_health_card"
+
+
+@transaction.atomic
+def register_patient(*, actor: Membership, data: dict) -> Patient:
+    org_id = current().org_id  # type: ignore[union-attr]
+    if org_id is None:
+        raise ApiError("unknown_host", "No organization is served at this host.", 404)
+    patient = Patient(org_id=org_id, **{k: v for k, v in data.items() if k in PATIENT_FIELDS})
+    _save_patient(patient, force_insert=True)
+    record_phi_access(
+        action="create",
+        resource="Patient",
+        resource_id=patient.pk,
+        patient_id=patient.pk,
+        after=state_hash(patient),
+    )
+    return patient
+
+
+@transaction.atomic
+def update_patient(*, patient: Patient, actor: Membership, data: dict) -> Patient:
+    allowed = PATIENT_CONTACT_FIELDS if actor.role == Role.PATIENT else PATIENT_FIELDS
+    refused = sorted(set(data) - set(allowed))
+    if refused:
+        raise ApiError(
+            "field_not_permitted",
+            "Some fields cannot be changed by you.",
+            403,
+            {name: ["You may not change this field."] for name in refused},
+        )
+    before = state_hash(patient)
+    for name, value in data.items():
+        setattr(patient, name, value)
+    _save_patient(patient)
+    record_phi_access(
+        action="update",
+        resource="Patient",
+        resource_id=patient.pk,
+        patient_id=patient.pk,
+        before=before,
+        after=state_hash(patient),
+    )
+    return patient
