@@ -278,6 +278,16 @@ if env_bool("DJANGO_BEHIND_TLS_PROXY", False):
         "DJANGO_BEHIND_TLS_PROXY is no longer read: set TRUSTED_PROXIES to the proxy's addresses, and start "
         "uvicorn with --proxy-headers --forwarded-allow-ips=<the same list> (README, Environment variables)"
     )
+# Mail (invitations; never health information): the clinic's SMTP relay. `make run` starts a local one on
+# loopback and keeps the messages under .data/mail/ (devstack/mail.py).
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "no-reply@localhost")
+
 # Limit what a client can make us parse.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 200

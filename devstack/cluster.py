@@ -529,7 +529,8 @@ http {{
             # everything else on loopback.
             proxy_bind {self.nginx_source};
             proxy_http_version 1.1;
-            proxy_set_header Host $host;
+            # The Host as the client sent it, port included: the socket's Origin check and CSRF compare with it.
+            proxy_set_header Host $http_host;
             # Overwritten, never appended to: what a client sends in these headers never reaches a worker.
             proxy_set_header X-Forwarded-For $remote_addr;
             proxy_set_header X-Forwarded-Proto $scheme;

@@ -227,6 +227,14 @@ def cmd_run() -> int:
         port = os.environ.get("PORT", "8000")
         env.setdefault("AUDIT_CHECKPOINT_DIR", str(DATA / "checkpoints"))
         start_coturn(env, procs)
+        if not os.environ.get("EMAIL_HOST"):
+            from devstack.mail import LocalMail
+
+            mail = LocalMail(DATA / "mail", int(os.environ.get("MAIL_PORT", "8025")))
+            env.update(mail.start())
+            log(
+                f"Mail the demo sends (invitations) is kept in {DATA / 'mail'}/ (SMTP on 127.0.0.1:{mail.port})."
+            )
         # `make manage ARGS="..."` runs commands against this running stack with the same environment.
         RUN_ENV.write_text(json.dumps({k: v for k, v in env.items() if k.startswith(STACK_VARIABLES)}))
         RUN_ENV.chmod(0o600)

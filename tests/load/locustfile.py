@@ -273,7 +273,7 @@ class ClinicUser(FastHttpUser):
             ws = connect(
                 f"ws://{self.clinic_host}:{self.target[1]}/ws/v1/encounters/{encounter_id}/signal",
                 sock=sock,
-                origin=f"http://{self.clinic_host}",  # type: ignore[arg-type]
+                origin=f"http://{self.clinic_host}:{self.target[1]}",  # type: ignore[arg-type]
                 additional_headers={"Authorization": f"Bearer {self.token}"},
                 proxy=None,
                 open_timeout=MESSAGE_TIMEOUT,

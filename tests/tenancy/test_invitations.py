@@ -276,3 +276,36 @@ def test_an_invitation_that_cannot_be_mailed_is_a_503_and_leaves_nothing_behind(
     assert_error(response, 503, "service_unavailable")
     with in_context(alpha.org):
         assert not Invitation.objects.filter(email="unmailable@example.test").exists()
+
+
+def test_an_invitation_travels_by_real_smtp_to_the_demos_mailbox_and_carries_no_health_information(
+    alpha, alpha_admin, settings, tmp_path, api
+):
+    """Through the local SMTP server `make run` starts (devstack/mail.py): the mail is on disk, it carries the
+    token and the clinic's host, and the token from the file is the one that works."""
+    import email
+    import socket
+
+    from devstack.mail import LocalMail
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mailbox = LocalMail(tmp_path / "mail", port)
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", port, 5
+    mailbox.start()
+    try:
+        assert invite(alpha_admin, "by.smtp@example.test").status_code == 202
+    finally:
+        mailbox.stop()
+    [path] = mailbox.messages()
+    message = email.message_from_bytes(path.read_bytes())
+    assert message["To"] == "by.smtp@example.test"
+    body = message.get_payload(decode=True).decode()
+    [raw_token] = TOKEN_RE.findall(body)
+    assert alpha.host in body
+    for phi in ("birth", "health card", "diagnos"):
+        assert phi not in body.lower()
+    accepted = accept(api(alpha.host), raw_token, password=NEW_PASSWORD)
+    assert accepted.status_code == 200, accepted.content
