@@ -212,6 +212,10 @@ def cmd_run() -> int:
 
     def on_signal(signum, frame):
         nonlocal stopping
+        if stopping:
+            # A second SIGTERM (make forwards the one `kill`/`timeout` sent its group) must not cut the
+            # cleanup below short: the children, OpenBao and PostgreSQL still have to stop.
+            return
         stopping = True
         raise KeyboardInterrupt
 
