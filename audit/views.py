@@ -12,11 +12,10 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from tenancy.authentication import request_org, request_user
+from tenancy.api import PURPOSE_HEADER, TenantAPIView, request_org, request_user, uuid_param
 from tenancy.errors import ApiError
 from tenancy.models import Role
 from tenancy.permissions import HasRole
-from tenancy.views import PURPOSE_HEADER, TenantAPIView
 
 from . import events, store
 
@@ -29,18 +28,6 @@ class Auditors(HasRole):
 
 class Patients(HasRole):
     roles = (Role.PATIENT,)
-
-
-def _uuid(request: Request, name: str) -> uuid.UUID | None:
-    raw = request.query_params.get(name)
-    if not raw:
-        return None
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise ApiError(
-            "invalid_request", f"{name} must be a UUID.", 400, {name: ["Must be a UUID."]}
-        ) from None
 
 
 def _int(request: Request, name: str, default: int) -> int:
@@ -117,8 +104,8 @@ class AuditEventListView(TenantAPIView):
         action = request.query_params.get("action", "")[:64] or None
         entries, next_seq = search(
             request_org(request).id,
-            patient=_uuid(request, "patient"),
-            user=_uuid(request, "user"),
+            patient=uuid_param(request, "patient"),
+            user=uuid_param(request, "user"),
             action=action,
             since=_time(request, "since"),
             until=_time(request, "until"),
@@ -131,7 +118,7 @@ class AuditEventListView(TenantAPIView):
                 action="search",
                 resource_type="AuditLog",
                 resource_id="",
-                patient_id=_uuid(request, "patient"),
+                patient_id=uuid_param(request, "patient"),
                 purpose="audit",
                 request_id=request._request.request_id,  # type: ignore[attr-defined]
                 detail={"results": len(entries)},

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.utils import timezone
 from rest_framework import serializers
 
-from tenancy.strict import StrictSerializer
+from tenancy.api import StrictSerializer
 
 from .models import BreakGlass, CareTeamMember, ClinicalNote, Consent, ConsentEvent, Encounter, EncounterEvent
 

@@ -11,10 +11,10 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from tenancy.api import PURPOSE_HEADER, TenantAPIView, paginated, uuid_param
 from tenancy.errors import ApiError
 from tenancy.models import Membership, PurposeOfUse, Role
 from tenancy.permissions import HasRole
-from tenancy.views import PURPOSE_HEADER, TenantAPIView, paginated
 
 from . import serializers as s
 from . import services
@@ -88,18 +88,6 @@ def paginate(
         rows = [(row["id"], row[patient_field]) for row in response.data["results"]]
         services.record_phi_reads(resource=audit, rows=rows)
     return response
-
-
-def _uuid_param(request: Request, name: str) -> uuid.UUID | None:
-    raw = request.query_params.get(name)
-    if raw in (None, ""):
-        return None
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise ApiError(
-            "invalid_request", f"{name} must be a UUID.", 400, {name: ["Must be a UUID."]}
-        ) from None
 
 
 # -- patients -----------------------------------------------------------------------------------------
@@ -293,7 +281,7 @@ class EncounterListView(ClinicalView):
                     {"status": [f"Choose one of {', '.join(Encounter.Status.values)}."]},
                 )
             encounters = encounters.filter(status=wanted)
-        patient_id = _uuid_param(request, "patient")
+        patient_id = uuid_param(request, "patient")
         if patient_id:
             encounters = encounters.filter(patient_id=patient_id)
         flag = request.query_params.get("documentation_required")

@@ -1,36 +1,31 @@
-"""HTTP views for tenancy, and TenantAPIView: the base every tenant API view in every app derives from.
+"""HTTP views for tenancy: branding, sign-in and out, MFA, the organization's settings, members and invitations.
 
-TenantAPIView opens the organization's signed-out context inside the request's transaction, lets DRF
-authenticate under it, then narrows it to the signed-in member's role and purpose of use. Views here only
-translate between HTTP and tenancy.services.
+They derive from tenancy.api.TenantAPIView, the base of every tenant API view in every app, and only translate
+between HTTP and tenancy.services.
 """
 
 from __future__ import annotations
 
-import contextvars
-import hashlib
 import uuid
 
 from django.contrib.auth import login as django_login
 from django.contrib.auth import logout as django_logout
-from django.db import connections
 from django.http import HttpRequest, JsonResponse
 from django.middleware.csrf import get_token
 from django.views.decorators.csrf import ensure_csrf_cookie
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from . import services
+from .api import PURPOSE_HEADER, TenantAPIView, cursor_page, paginated
 from .authentication import (
     SESSION_LAST_SEEN,
     SESSION_MFA_PENDING,
     SESSION_ORG,
     SESSION_SIGNED_IN_AT,
-    AuthInfo,
     enforce_csrf,
     request_auth,
     request_id_of,
@@ -38,7 +33,6 @@ from .authentication import (
     request_user,
     source_ip,
 )
-from .context import ANONYMOUS, TenantContext, activate, deactivate
 from .errors import ApiError, error_body, json_error
 from .models import Invitation, Membership, Organization, User
 from .permissions import IsOrgAdmin
@@ -54,88 +48,6 @@ from .serializers import (
     OrganizationSettingsSerializer,
     TotpCodeSerializer,
 )
-from .strict import StrictRequestMixin
-
-PURPOSE_HEADER = OpenApiParameter(
-    "X-Purpose-Of-Use",
-    str,
-    OpenApiParameter.HEADER,
-    required=False,
-    enum=["treatment", "operations", "analytics", "audit", "emergency"],
-    description="Purpose of use for this request; defaults to the role's usual purpose.",
-)
-
-
-def session_label(auth: AuthInfo, django_request: HttpRequest) -> str:
-    """Which sign-in this is, for the audit log, without writing a credential there."""
-    if auth.token is not None:
-        return f"token:{auth.token.pk}"
-    key = getattr(getattr(django_request, "session", None), "session_key", None) or ""
-    return "session:" + hashlib.sha256(key.encode()).hexdigest()[:16] if key else "session"
-
-
-def paginated(serializer_class: type[serializers.Serializer]) -> serializers.Serializer:
-    """The schema of one cursor page of `serializer_class`, for APIViews that paginate by hand (drf-spectacular
-    wraps only generic views' lists)."""
-    name = serializer_class.__name__.removesuffix("Serializer")
-    return inline_serializer(
-        f"Paginated{name}List",
-        {
-            "next": serializers.URLField(allow_null=True),
-            "previous": serializers.URLField(allow_null=True),
-            "results": serializer_class(many=True),
-        },
-    )
-
-
-class TenantAPIView(StrictRequestMixin, APIView):
-    """Base view: the organization comes from the Host, the context from authentication."""
-
-    allow_mfa_pending = False
-
-    def initial(self, request: Request, *args, **kwargs) -> None:
-        django_request = request._request
-        org_id = getattr(django_request, "org_id", None)
-        if org_id is None:
-            raise ApiError("unknown_host", "No organization is served at this host.", 404)
-        self._context_tokens: list[contextvars.Token] = []
-        request_id = getattr(django_request, "request_id", uuid.uuid4().hex)
-        # Signed-out context first: enough to read the organization and confine the authentication lookups.
-        ip = source_ip(django_request)
-        self._push(TenantContext(org_id=org_id, role=ANONYMOUS, request_id=request_id, source_ip=ip))
-        # DRF's Request has no such attribute in the stubs; read it back through request_org().
-        request.organization = services.get_organization(org_id)  # type: ignore[attr-defined]
-        super().initial(request, *args, **kwargs)
-        auth = request.auth
-        if isinstance(auth, AuthInfo):
-            purpose = services.check_purpose(auth.membership.role, request.headers.get("X-Purpose-Of-Use"))
-            self._push(
-                TenantContext(
-                    org_id=org_id,
-                    role=auth.membership.role,
-                    user_id=request.user.pk,
-                    purpose=purpose,
-                    request_id=request_id,
-                    source_ip=ip,
-                    session=session_label(auth, django_request),
-                )
-            )
-            request.purpose = purpose  # type: ignore[attr-defined]  # set here for views to read
-
-    def _push(self, ctx: TenantContext) -> None:
-        self._context_tokens.append(activate(ctx))
-
-    def dispatch(self, request: HttpRequest, *args, **kwargs):
-        if not connections["default"].in_atomic_block:
-            # ATOMIC_REQUESTS is what makes the context transaction-local to this request; refuse without it.
-            return JsonResponse(error_body("internal_error", "Request is not in a transaction."), status=500)
-        self._context_tokens = []
-        try:
-            return super().dispatch(request, *args, **kwargs)
-        finally:
-            for token in reversed(self._context_tokens):
-                deactivate(token)
-
 
 # -- public ------------------------------------------------------------------------------------------
 
@@ -413,12 +325,7 @@ class MembershipListView(TenantAPIView):
 
     @extend_schema(responses=paginated(MembershipSerializer), summary="Members of this organization")
     def get(self, request: Request) -> Response:
-        from rest_framework.pagination import CursorPagination
-
-        paginator = CursorPagination()
-        paginator.ordering = "created_at"
-        page = paginator.paginate_queryset(Membership.objects.all(), request, view=self)
-        return paginator.get_paginated_response(MembershipSerializer(page, many=True).data)
+        return cursor_page(self, request, Membership.objects.all(), "created_at", MembershipSerializer)
 
     @extend_schema(
         request=MembershipCreateSerializer,
@@ -466,12 +373,7 @@ class InvitationListView(TenantAPIView):
 
     @extend_schema(responses=paginated(InvitationSerializer), summary="Invitations of this organization")
     def get(self, request: Request) -> Response:
-        from rest_framework.pagination import CursorPagination
-
-        paginator = CursorPagination()
-        paginator.ordering = "created_at"
-        page = paginator.paginate_queryset(Invitation.objects.all(), request, view=self)
-        return paginator.get_paginated_response(InvitationSerializer(page, many=True).data)
+        return cursor_page(self, request, Invitation.objects.all(), "created_at", InvitationSerializer)
 
 
 class InvitationDetailView(TenantAPIView):

@@ -18,12 +18,12 @@ from rest_framework.response import Response
 
 from clinic import services
 from clinic.models import Encounter
+from tenancy.api import PURPOSE_HEADER, TenantAPIView, uuid_param
 from tenancy.context import ANONYMOUS, tenant_context
 from tenancy.errors import ApiError, json_error
 from tenancy.models import PurposeOfUse, Role
 from tenancy.permissions import HasRole
 from tenancy.services import get_organization
-from tenancy.views import PURPOSE_HEADER, TenantAPIView
 
 from .turn import TurnUnavailable, turn_credentials
 
@@ -61,14 +61,10 @@ class TurnCredentialsView(TenantAPIView):
     )
     def get(self, request: Request) -> Response:
         services.require_purpose(PurposeOfUse.TREATMENT)
-        raw = request.query_params.get("encounter", "")
-        try:
-            encounter_id = uuid.UUID(raw)
-        except ValueError:
-            raise ApiError(
-                "invalid_request", "encounter must be a UUID.", 400, {"encounter": ["Must be a UUID."]}
-            ) from None
-        encounter = services.get_encounter_for_user(encounter_id)
+        # Recorded below as the credentials' issue (turn_credentials), once they are.
+        encounter = services.get_encounter_for_user(
+            uuid_param(request, "encounter", required=True), record=False
+        )
         membership = request.auth.membership  # type: ignore[union-attr]
         if membership.role == Role.PRACTITIONER:
             # A colleague may see the encounter (care team) without being in the call.

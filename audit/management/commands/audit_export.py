@@ -11,8 +11,8 @@ from django.utils.dateparse import parse_datetime
 
 from audit import events, shipper
 from audit.export import export
+from tenancy.commands import organization_by_slug
 from tenancy.crypto.vault import KeyServiceError
-from tenancy.management.commands._org import organization_by_slug
 
 
 def _when(value: str | None, flag: str) -> datetime.datetime | None:

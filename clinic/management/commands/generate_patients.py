@@ -14,7 +14,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from clinic import synthetic
-from tenancy.management.commands._org import organization_by_slug
+from tenancy.commands import organization_by_slug
 
 
 class Command(BaseCommand):

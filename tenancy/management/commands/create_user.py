@@ -11,8 +11,9 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from tenancy.context import platform_context, tenant_context
-from tenancy.models import Organization, Role, User
+from tenancy.commands import organization_by_slug
+from tenancy.context import tenant_context
+from tenancy.models import Role, User
 from tenancy.services import ensure_member
 
 
@@ -28,10 +29,7 @@ class Command(BaseCommand):
         parser.add_argument("--reset-password", action="store_true")
 
     def handle(self, *args, **options):
-        with platform_context():
-            org = Organization.objects.filter(slug=options["org"]).first()
-        if org is None:
-            raise CommandError(f"no organization with slug {options['org']!r}")
+        org = organization_by_slug(options["org"])
         email = options["email"].strip().lower()
         if "@" not in email:
             raise CommandError(f"--email {email!r} is not an email address")

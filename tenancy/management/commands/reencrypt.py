@@ -2,10 +2,9 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
+from tenancy.commands import organization_by_slug
 from tenancy.crypto.operations import reencrypt
 from tenancy.crypto.vault import KeyServiceError
-
-from ._org import organization_by_slug
 
 
 class Command(BaseCommand):
