@@ -8,7 +8,7 @@ Without Redis (the session store and the channel layer) there is no signalling: 
 `signalling_unavailable` and closed with 4503, the visit itself stays as it is in PostgreSQL, and a
 participant who was in the call has the interruption recorded in the encounter's timeline.
 
-One socket per seat: a socket sends its participant's stream only while the participant record names its
+One socket per participant: a socket sends its participant's stream only while the participant record names its
 connection. A takeover or a resume elsewhere evicts it through the channel layer; should that notice be lost,
 the socket finds out at its next flush and closes, before it sends anything.
 """
@@ -26,14 +26,14 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from redis.exceptions import RedisError
 
 from . import liveness, services
-from .session import Participant, get_store
+from .session import ParticipantState, get_store
 
 RELAYED = {"offer", "answer", "candidate", "ice_restart"}
 MAX_MESSAGE_BYTES = services.MAX_MESSAGE_BYTES
 SIGNALLING_UNAVAILABLE = 4503  # Redis unreachable: try again shortly (the client reconnects with backoff)
 INVALID_REQUEST = 4400  # a malformed query string: nothing was looked up or redeemed
 INTERNAL_ERROR = 4500  # a bug: the socket is closed cleanly and the participant dropped (it may resume)
-CONFLICT = 4409  # the seat is another connection's: already_active, or this one was evicted
+CONFLICT = 4409  # the participant is another connection's: already_active, or this one was evicted
 EVICTIONS = {
     "taken_over": "This visit moved to another window.",  # takeover=1
     "replaced": "This visit continues on another connection.",  # resumed elsewhere while this socket was open
@@ -61,8 +61,8 @@ def turn_for(user_id: str) -> dict | None:
 
 
 class SignalConsumer(AsyncJsonWebsocketConsumer):
-    caller: services.Caller | None = None
-    seat: services.Seat | None = None
+    participant: services.Participant | None = None
+    participation: services.Participation | None = None
     joined = False  # welcomed into the call (not merely refused or still connecting)
     dropped = False  # disconnect() ran
 
@@ -74,7 +74,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
         except RedisError as exc:
             await self.signalling_unavailable(exc)
         except Exception:
-            # Anything else is a bug, but it must not end as a socket cut without a close frame and a seat
+            # Anything else is a bug, but it must not end as a socket cut without a close frame and a participant
             # left `connected` (already_active) until a sweeper notices: close cleanly and drop.
             logger.exception("video signalling failed for encounter %s", getattr(self, "encounter_id", "?"))
             await self.internal_error()
@@ -96,12 +96,16 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
                 }
             )
             await self.close(code=SIGNALLING_UNAVAILABLE)
-        if self.joined and self.seat is not None and self.caller is not None:
+        if self.joined and self.participation is not None and self.participant is not None:
             # Redis cannot hold the drop (nor run its grace period), so the timeline records the
             # interruption; the encounter itself is untouched and the participants join again afterwards.
             try:
                 await database_sync_to_async(services.record)(
-                    self.caller, self.seat, "interrupted", self.encounter_id, reason="signalling_unavailable"
+                    self.participant,
+                    self.participation,
+                    "interrupted",
+                    self.encounter_id,
+                    reason="signalling_unavailable",
                 )
             except Exception:
                 logger.exception("could not record the interruption of encounter %s", self.encounter_id)
@@ -123,7 +127,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
 
     async def connect(self) -> None:
         # The route admits UUIDs only (video/routing.py); session state is keyed by the canonical spelling,
-        # so an upper-case path is the same seat, not a second one beside it.
+        # so an upper-case path is the same participant, not a second one beside it.
         self.encounter_id = str(uuid.UUID(self.scope["url_route"]["kwargs"]["encounter_id"]))
         self.connection_id = uuid.uuid4().hex
         self.sent = 0
@@ -137,19 +141,21 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
         except services.Refused as refused:
             await self.refuse(refused.code, refused.message, INVALID_REQUEST)
             return
-        self.caller = await database_sync_to_async(services.authenticate)(self.scope)
-        if self.caller is None:
+        self.participant = await database_sync_to_async(services.authenticate)(self.scope)
+        if self.participant is None:
             await self.refuse("not_authenticated", "Sign in first.", 4401)
             return
         try:
-            self.seat = await database_sync_to_async(services.take_seat)(self.caller, self.encounter_id)
+            self.participation = await database_sync_to_async(services.participation)(
+                self.participant, self.encounter_id
+            )
         except services.NotFound:
             await database_sync_to_async(services.record)(
-                self.caller, None, "join", self.encounter_id, outcome="denied"
+                self.participant, None, "join", self.encounter_id, outcome="denied"
             )
             await self.refuse("not_found", "Not found.", 4404)
             return
-        self.user = str(self.caller.user_id)
+        self.user = str(self.participant.user_id)
         store = get_store()
         participants = await store.get_participants(self.encounter_id)
         mine = participants.get(self.user)
@@ -160,7 +166,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
             claims = await store.redeem_token(request.resume, user=self.user, encounter=self.encounter_id)
             if claims is None:
                 await database_sync_to_async(services.record)(
-                    self.caller, self.seat, "resume", self.encounter_id, outcome="denied"
+                    self.participant, self.participation, "resume", self.encounter_id, outcome="denied"
                 )
                 await self.refuse("resume_rejected", "That resume token is not valid for you here.", 4401)
                 return
@@ -184,17 +190,21 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
                 _user_group(self.encounter_id, self.user),
                 {"type": "video.evict", "keep": self.connection_id, "code": eviction},
             )
-        admitted = self.seat.admitted or self.seat.role == "practitioner" or bool(mine and mine.admitted)
+        admitted = (
+            self.participation.admitted
+            or self.participation.role == "practitioner"
+            or bool(mine and mine.admitted)
+        )
         # Heartbeats for this socket (video/liveness.py) start before it is marked connected.
         await liveness.hold(
             self.connection_id,
-            liveness.participant_key(str(self.caller.org_id), self.encounter_id, self.user),
+            liveness.participant_key(str(self.participant.org_id), self.encounter_id, self.user),
         )
         await store.put_participant(
             self.encounter_id,
-            Participant(
+            ParticipantState(
                 user_id=self.user,
-                role=self.seat.role,
+                role=self.participation.role,
                 connection=self.connection_id,
                 status="connected",
                 admitted=admitted,
@@ -203,7 +213,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_add(_group(self.encounter_id), self.channel_name)
         await self.channel_layer.group_add(_user_group(self.encounter_id, self.user), self.channel_name)
         await database_sync_to_async(services.record)(
-            self.caller, self.seat, "resume" if resumed else "join", self.encounter_id
+            self.participant, self.participation, "resume" if resumed else "join", self.encounter_id
         )
         if resumed:
             missed = await store.since(self.encounter_id, self.user, request.last_seq)
@@ -220,16 +230,16 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
         if resumed:
             await self.flush()
             await self.broadcast({"type": "restart_ice", "reason": "resumed", "user": self.user})
-        elif self.seat.role == "patient" and not admitted:
-            await database_sync_to_async(services.arrive)(self.caller, self.seat)
+        elif self.participation.role == "patient" and not admitted:
+            await database_sync_to_async(services.arrive)(self.participant, self.participation)
             await self.broadcast({"type": "waiting", "user": self.user}, only_role="practitioner")
         await self.broadcast(
-            {"type": "presence", "user": self.user, "role": self.seat.role, "status": "connected"},
+            {"type": "presence", "user": self.user, "role": self.participation.role, "status": "connected"},
             exclude_self=True,
         )
 
     async def welcome(self, resumed: bool) -> None:
-        assert self.seat is not None
+        assert self.participation is not None
         store = get_store()
         token = await store.issue_token(
             {"user": self.user, "encounter": self.encounter_id, "connection": self.connection_id},
@@ -242,11 +252,11 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
             "resumed": resumed,
             "you": {
                 "user": self.user,
-                "role": self.seat.role,
-                "polite": self.seat.role == "patient",
+                "role": self.participation.role,
+                "polite": self.participation.role == "patient",
                 "admitted": me.admitted,
             },
-            "encounter": {"id": self.encounter_id, "status": self.seat.status},
+            "encounter": {"id": self.encounter_id, "status": self.participation.status},
             "participants": [
                 {"user": p.user_id, "role": p.role, "status": p.status}
                 for p in participants.values()
@@ -283,12 +293,12 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
 
     async def flush(self) -> int:
         async with self.flushing:
-            if self.seat is None:
+            if self.participation is None:
                 return 0
             store = get_store()
             me = await store.get_participant(self.encounter_id, self.user)
             if me is not None and me.connection not in ("", self.connection_id):
-                # Another connection holds the seat and this socket missed its eviction notice. A record
+                # Another connection holds the participant and this socket missed its eviction notice. A record
                 # without a connection (dropped by a sweeper, left, denied) still lets the last messages out.
                 await self.evicted("replaced")
                 return 0
@@ -301,12 +311,12 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
     async def catch_up(self) -> int:
         """Called by this process's liveness task when the stream holds a message this socket has not sent
         for a whole catch-up interval: its flush notice was lost (video/liveness.py)."""
-        if self.seat is None:
+        if self.participation is None:
             return 0
         return await self.flush()
 
     async def video_flush(self, event) -> None:
-        if self.seat is not None:
+        if self.participation is not None:
             await self.flush()
 
     async def video_evict(self, event) -> None:
@@ -314,9 +324,9 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
             await self.evicted(event.get("code", "taken_over"))
 
     async def evicted(self, code: str) -> None:
-        if self.seat is None:
+        if self.participation is None:
             return
-        self.seat = None  # this connection no longer speaks for the user, nor receives the stream
+        self.participation = None  # this connection no longer speaks for the user, nor receives the stream
         await self.send_json({"type": "error", "seq": 0, "code": code, "message": EVICTIONS[code]})
         await self.close(code=CONFLICT)
 
@@ -335,8 +345,8 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
     async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
         """Frames are parsed here (services.parse_message), before the JSON layer: an oversized, binary,
         malformed or too deeply nested frame gets an error and is dropped, never a crashed consumer (which
-        would cut the visit's socket and leave the seat taken)."""
-        if self.seat is None or self.caller is None:
+        would cut the visit's socket and leave the participant `connected`)."""
+        if self.participation is None or self.participant is None:
             return
         try:
             content = services.parse_message(text_data)
@@ -346,21 +356,23 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
         await self.receive_json(content, **kwargs)
 
     async def receive_json(self, content, **kwargs) -> None:
-        if self.seat is None or self.caller is None:
+        if self.participation is None or self.participant is None:
             return
         kind = content["type"]
         if kind == "ping":
             # Also send whatever the stream holds that this socket has not sent: a flush notice lost in the
             # channel layer (channels_redis drops messages to a full channel) then costs one ping interval.
             await self.flush()
-            if self.seat is not None:  # not evicted meanwhile
+            if self.participation is not None:  # not evicted meanwhile
                 await self.send_json({"type": "pong", "seq": 0, "at": time.time()})
             return
         if kind == "ack":
             return
-        # Organization and encounter are checked again on every message: a revoked seat stops here.
+        # Organization and encounter are checked again on every message: a participation revoked since stops here.
         try:
-            self.seat = await database_sync_to_async(services.take_seat)(self.caller, self.encounter_id)
+            self.participation = await database_sync_to_async(services.participation)(
+                self.participant, self.encounter_id
+            )
         except services.NotFound:
             await self.refuse("not_found", "Not found.", 4404)
             return
@@ -383,11 +395,11 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
             await self.admit_or_deny(kind, content, participants)
             return
         if kind == "end":
-            if self.seat.role != "practitioner":
+            if self.participation.role != "practitioner":
                 await self.error("not_permitted", "Only the practitioner ends the visit.")
                 return
             try:
-                status = await database_sync_to_async(services.end)(self.caller, self.seat)
+                status = await database_sync_to_async(services.end)(self.participant, self.participation)
             except Exception:
                 await self.error("invalid_state", "The visit cannot be ended in its current state.")
                 return
@@ -396,22 +408,24 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
         if kind == "leave":
             await store.put_participant(
                 self.encounter_id,
-                Participant(
+                ParticipantState(
                     user_id=self.user, role=me.role, connection="", status="left", admitted=me.admitted
                 ),
             )
-            await database_sync_to_async(services.record)(self.caller, self.seat, "leave", self.encounter_id)
+            await database_sync_to_async(services.record)(
+                self.participant, self.participation, "leave", self.encounter_id
+            )
             await self.broadcast(
                 {"type": "presence", "user": self.user, "role": me.role, "status": "left"}, exclude_self=True
             )
-            self.seat = None
+            self.participation = None
             await self.close(code=1000)
             return
         await self.error("unknown_type", f"Unknown message type {kind[:40]!r}.")
 
     async def admit_or_deny(self, kind: str, content: dict, participants: dict) -> None:
-        assert self.seat is not None and self.caller is not None
-        if self.seat.role != "practitioner":
+        assert self.participation is not None and self.participant is not None
+        if self.participation.role != "practitioner":
             await self.error("not_permitted", "Only the practitioner admits or denies.")
             return
         target = participants.get(str(content.get("user", "")))
@@ -422,7 +436,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
         if kind == "deny":
             await store.put_participant(
                 self.encounter_id,
-                Participant(
+                ParticipantState(
                     user_id=target.user_id, role="patient", connection="", status="left", admitted=False
                 ),
             )
@@ -432,7 +446,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
                 _user_group(self.encounter_id, target.user_id), {"type": "video.close", "code": 4403}
             )
             return
-        status = await database_sync_to_async(services.admit)(self.caller, self.seat)
+        status = await database_sync_to_async(services.admit)(self.participant, self.participation)
         target.admitted = True
         await store.put_participant(self.encounter_id, target)
         await self.deliver(
@@ -453,7 +467,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code) -> None:
         self.dropped = True
         liveness.release(getattr(self, "connection_id", ""))
-        if self.seat is None or self.caller is None:
+        if self.participation is None or self.participant is None:
             return
         await self.channel_layer.group_discard(_group(self.encounter_id), self.channel_name)
         await self.channel_layer.group_discard(_user_group(self.encounter_id, self.user), self.channel_name)
@@ -463,13 +477,13 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
             return
         dropped_at = time.time()
         due = dropped_at + services.grace_seconds()
-        drop = liveness.drop_key(str(self.caller.org_id), self.encounter_id, self.user, dropped_at)
+        drop = liveness.drop_key(str(self.participant.org_id), self.encounter_id, self.user, dropped_at)
         # Recorded before the participant is marked dropped: if this worker dies before the grace period is
         # over, another worker's sweeper settles the drop (video/liveness.py).
         await store.watch_drop(drop, due)
         await store.put_participant(
             self.encounter_id,
-            Participant(
+            ParticipantState(
                 user_id=self.user,
                 role=me.role,
                 connection="",
@@ -479,7 +493,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
             ),
         )
         await database_sync_to_async(services.record)(
-            self.caller, self.seat, "interrupted", self.encounter_id, close_code=code
+            self.participant, self.participation, "interrupted", self.encounter_id, close_code=code
         )
         await self.broadcast(
             {

@@ -55,7 +55,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from . import services
-from .session import Participant, get_store
+from .session import ParticipantState, get_store
 
 logger = logging.getLogger(__name__)
 
@@ -343,6 +343,6 @@ async def tell_others(layer, encounter: str, user: str, message: dict) -> None:
             await deliver(layer, encounter, p, message)
 
 
-async def deliver(layer, encounter: str, p: Participant, message: dict) -> None:
+async def deliver(layer, encounter: str, p: ParticipantState, message: dict) -> None:
     await get_store().append(encounter, p.user_id, message)
     await layer.group_send(user_group(encounter, p.user_id), {"type": "video.flush"})

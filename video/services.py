@@ -23,7 +23,14 @@ from tenancy.services import find_live_token, get_organization
 
 
 @dataclass(frozen=True)
-class Caller:
+class Participant:
+    """A person in a video call, as the socket authenticated them: the signed-in member of the organization
+    the Host names (organization, user, membership and the membership's role).
+
+    Video has one word for that person. What they are in one encounter's call is their `Participation`;
+    their live connection in the session store is `video.session.ParticipantState`.
+    """
+
     org_id: uuid.UUID
     user_id: uuid.UUID
     membership_id: uuid.UUID
@@ -31,8 +38,10 @@ class Caller:
 
 
 @dataclass(frozen=True)
-class Seat:
-    """The caller's place in an encounter's call."""
+class Participation:
+    """A participant's part in one encounter's call, as the database says at the moment it was checked:
+    which side they are on (practitioner or patient), whether the patient has been admitted, and the
+    encounter's status. Checked on joining and again on every message (`participation`)."""
 
     encounter_id: str
     patient_id: str
@@ -43,7 +52,7 @@ class Seat:
 
 
 class NotFound(Exception):
-    """Not this caller's encounter (or no such encounter): answered `not_found`, never more."""
+    """Not this participant's encounter (or no such encounter): answered `not_found`, never more."""
 
 
 class Refused(Exception):
@@ -110,7 +119,7 @@ class ConnectRequest:
 
 def connect_request(query_string: bytes) -> ConnectRequest:
     """Checked before anything is looked up or redeemed: a malformed request costs the client no resume
-    token and leaves no seat taken."""
+    token and leaves no participant connected."""
     try:
         text = query_string.decode("ascii")  # a browser percent-encodes anything else
         query = {k: v[-1] for k, v in parse_qs(text, keep_blank_values=True, errors="strict").items()}
@@ -138,7 +147,7 @@ def _header(scope, wanted: bytes) -> str:
     return ""
 
 
-def authenticate(scope) -> Caller | None:
+def authenticate(scope) -> Participant | None:
     """The organization from the Host, the user from a bearer token or the portal session cookie."""
     org_id = org_id_for_host(_host(scope))
     if org_id is None:
@@ -151,7 +160,7 @@ def authenticate(scope) -> Caller | None:
             if token is None or not token.membership.is_active:
                 return None
             m = token.membership
-            return Caller(org_id, m.user_id, m.pk, m.role)
+            return Participant(org_id, m.user_id, m.pk, m.role)
         session = scope.get("session")
         user = scope.get("user")
         if session is None or user is None or not getattr(user, "is_authenticated", False):
@@ -161,33 +170,33 @@ def authenticate(scope) -> Caller | None:
         if time.time() - float(session.get(SESSION_LAST_SEEN, 0)) > org.idle_timeout_minutes * 60:
             return None
         m = Membership.objects.filter(user_id=user.pk, is_active=True).defer("email", "display_name").first()
-        return None if m is None else Caller(org_id, m.user_id, m.pk, m.role)
+        return None if m is None else Participant(org_id, m.user_id, m.pk, m.role)
 
 
-def _context(caller: Caller, request_id: str = ""):
+def _context(participant: Participant, request_id: str = ""):
     return tenant_context(
-        org_id=caller.org_id,
-        role=caller.role,
-        user_id=caller.user_id,
+        org_id=participant.org_id,
+        role=participant.role,
+        user_id=participant.user_id,
         purpose=PurposeOfUse.TREATMENT,
         request_id=request_id or None,
     )
 
 
-def take_seat(caller: Caller, encounter_id: str) -> Seat:
-    """The caller's seat in this encounter's call, or NotFound (also for a wrong organization)."""
+def participation(participant: Participant, encounter_id: str) -> Participation:
+    """The participant's part in this encounter's call, or NotFound (also for a wrong organization)."""
     try:
         encounter_uuid = uuid.UUID(encounter_id)
     except ValueError:
         raise NotFound() from None
-    with _context(caller):
+    with _context(participant):
         try:
             encounter = clinic.get_encounter_for_user(encounter_uuid)
         except ApiError:
             raise NotFound() from None
-        if caller.role == Role.PRACTITIONER and encounter.practitioner_id == caller.membership_id:
+        if participant.role == Role.PRACTITIONER and encounter.practitioner_id == participant.membership_id:
             role = "practitioner"
-        elif caller.role == Role.PATIENT and encounter.patient_id in clinic.own_patient_ids():
+        elif participant.role == Role.PATIENT and encounter.patient_id in clinic.own_patient_ids():
             role = "patient"
         else:
             raise NotFound()
@@ -197,44 +206,55 @@ def take_seat(caller: Caller, encounter_id: str) -> Seat:
             Membership.objects.filter(pk=encounter.practitioner_id).values_list("user_id", flat=True).first()
         )
         admitted = encounter.admitted_at is not None or encounter.status == "in-progress"
-        return Seat(
+        return Participation(
             str(encounter.pk), str(encounter.patient_id), practitioner_user, role, admitted, encounter.status
         )
 
 
 def record(
-    caller: Caller, seat: Seat | None, kind: str, encounter_id: str, outcome: str = "success", **detail
+    participant: Participant,
+    participation: Participation | None,
+    kind: str,
+    encounter_id: str,
+    outcome: str = "success",
+    **detail,
 ):
     """Joins, leaves, interruptions and refusals go to the audit log (and the encounter's timeline)."""
-    with _context(caller):
+    with _context(participant):
         clinic.record_phi_access(
             action=f"video_{kind}",
             resource="Encounter",
             resource_id=encounter_id,
-            patient_id=seat.patient_id if seat else None,
+            patient_id=participation.patient_id if participation else None,
             outcome=outcome,
             detail=detail,
         )
-        if seat is not None:
+        if participation is not None:
             encounter = clinic.get_encounter_for_user(uuid.UUID(encounter_id))
-            me = Membership.objects.filter(pk=caller.membership_id).defer("email", "display_name").first()
-            clinic.add_timeline_event(encounter, f"video_{kind}", me, role=seat.role, **detail)
+            me = (
+                Membership.objects.filter(pk=participant.membership_id).defer("email", "display_name").first()
+            )
+            clinic.add_timeline_event(encounter, f"video_{kind}", me, role=participation.role, **detail)
 
 
-def arrive(caller: Caller, seat: Seat) -> None:
+def arrive(participant: Participant, participation: Participation) -> None:
     """A patient in the waiting room checks in (planned -> arrived)."""
-    with _context(caller):
-        encounter = clinic.get_encounter_for_user(uuid.UUID(seat.encounter_id))
+    with _context(participant):
+        encounter = clinic.get_encounter_for_user(uuid.UUID(participation.encounter_id))
         if encounter.status == "planned":
-            member = Membership.objects.filter(pk=caller.membership_id).defer("email", "display_name").first()
+            member = (
+                Membership.objects.filter(pk=participant.membership_id).defer("email", "display_name").first()
+            )
             clinic.transition_encounter(encounter=encounter, action="arrive", actor=member)
 
 
-def admit(caller: Caller, seat: Seat) -> str:
+def admit(participant: Participant, participation: Participation) -> str:
     """The practitioner admits the patient: admitted, and the visit starts."""
-    with _context(caller):
-        encounter = clinic.get_encounter_for_user(uuid.UUID(seat.encounter_id))
-        member = Membership.objects.filter(pk=caller.membership_id).defer("email", "display_name").first()
+    with _context(participant):
+        encounter = clinic.get_encounter_for_user(uuid.UUID(participation.encounter_id))
+        member = (
+            Membership.objects.filter(pk=participant.membership_id).defer("email", "display_name").first()
+        )
         if encounter.status == "planned":
             encounter = clinic.transition_encounter(encounter=encounter, action="arrive", actor=member)
         if encounter.status == "arrived":
@@ -243,10 +263,12 @@ def admit(caller: Caller, seat: Seat) -> str:
         return encounter.status
 
 
-def end(caller: Caller, seat: Seat) -> str:
-    with _context(caller):
-        encounter = clinic.get_encounter_for_user(uuid.UUID(seat.encounter_id))
-        member = Membership.objects.filter(pk=caller.membership_id).defer("email", "display_name").first()
+def end(participant: Participant, participation: Participation) -> str:
+    with _context(participant):
+        encounter = clinic.get_encounter_for_user(uuid.UUID(participation.encounter_id))
+        member = (
+            Membership.objects.filter(pk=participant.membership_id).defer("email", "display_name").first()
+        )
         encounter = clinic.transition_encounter(encounter=encounter, action="end", actor=member)
         return encounter.status
 
@@ -296,6 +318,6 @@ def grace_seconds() -> float:
     return float(getattr(settings, "VIDEO_GRACE_SECONDS", 120))
 
 
-def organization(caller: Caller) -> Organization:
-    with _context(caller):
-        return get_organization(caller.org_id)
+def organization(participant: Participant) -> Organization:
+    with _context(participant):
+        return get_organization(participant.org_id)

@@ -28,7 +28,11 @@ DROPS = "video:liveness:drops"  # sorted set: drop key -> end of its grace perio
 
 
 @dataclass
-class Participant:
+class ParticipantState:
+    """A participant's live state in one encounter's session, shared by every worker: which connection
+    speaks for them, whether they are connected, dropped (and since when) or gone, and whether admitted.
+    Keyed by user id; the participant themselves is `video.services.Participant`."""
+
     user_id: str
     role: str  # practitioner | patient
     connection: str  # the live connection's id ("" while dropped)
@@ -48,14 +52,14 @@ class MemoryStore:
         self._drops: dict[str, float] = {}
         self._locks: dict[str, tuple[str, float]] = {}
 
-    async def get_participants(self, encounter: str) -> dict[str, Participant]:
-        return {u: Participant(**p) for u, p in self._participants.get(encounter, {}).items()}
+    async def get_participants(self, encounter: str) -> dict[str, ParticipantState]:
+        return {u: ParticipantState(**p) for u, p in self._participants.get(encounter, {}).items()}
 
-    async def get_participant(self, encounter: str, user: str) -> Participant | None:
+    async def get_participant(self, encounter: str, user: str) -> ParticipantState | None:
         raw = self._participants.get(encounter, {}).get(user)
-        return None if raw is None else Participant(**raw)
+        return None if raw is None else ParticipantState(**raw)
 
-    async def put_participant(self, encounter: str, participant: Participant) -> None:
+    async def put_participant(self, encounter: str, participant: ParticipantState) -> None:
         self._participants.setdefault(encounter, {})[participant.user_id] = asdict(participant)
 
     async def append(self, encounter: str, user: str, message: dict) -> int:
@@ -117,12 +121,12 @@ class MemoryStore:
 
     async def drop_if_stale(
         self, encounter: str, user: str, key: str, before: float, dropped_at: float
-    ) -> Participant | None:
+    ) -> ParticipantState | None:
         raw = self._participants.get(encounter, {}).get(user)
         seen_at = self._seen.get(key)
         if raw is None or raw["status"] != "connected" or seen_at is None or seen_at >= before:
             return None
-        me = Participant(**raw)
+        me = ParticipantState(**raw)
         dropped = replace(me, connection="", status="dropped", dropped_at=dropped_at)
         self._participants[encounter][user] = asdict(dropped)
         return me
@@ -236,15 +240,15 @@ class RedisStore:
     def _p(encounter: str) -> str:
         return f"video:participants:{encounter}"
 
-    async def get_participants(self, encounter: str) -> dict[str, Participant]:
+    async def get_participants(self, encounter: str) -> dict[str, ParticipantState]:
         raw = await self._redis.hgetall(self._p(encounter))  # type: ignore[misc]  # redis stubs: sync|async
-        return {_text(k): Participant(**json.loads(v)) for k, v in raw.items()}
+        return {_text(k): ParticipantState(**json.loads(v)) for k, v in raw.items()}
 
-    async def get_participant(self, encounter: str, user: str) -> Participant | None:
+    async def get_participant(self, encounter: str, user: str) -> ParticipantState | None:
         raw = await self._redis.hget(self._p(encounter), user)  # type: ignore[misc]  # redis stubs: sync|async
-        return None if raw is None else Participant(**json.loads(raw))
+        return None if raw is None else ParticipantState(**json.loads(raw))
 
-    async def put_participant(self, encounter: str, participant: Participant) -> None:
+    async def put_participant(self, encounter: str, participant: ParticipantState) -> None:
         await self._redis.hset(self._p(encounter), participant.user_id, json.dumps(asdict(participant)))
         await self._redis.expire(self._p(encounter), 86400)
 
@@ -327,7 +331,7 @@ class RedisStore:
 
     async def drop_if_stale(
         self, encounter: str, user: str, key: str, before: float, dropped_at: float
-    ) -> Participant | None:
+    ) -> ParticipantState | None:
         """Marks the participant dropped at `dropped_at` if they are still connected and their heartbeat is
         still older than `before`: read and write under WATCH, so a resume that lands in between (it
         heartbeats before it writes the participant) wins, and nothing else in the record is lost."""
@@ -340,7 +344,7 @@ class RedisStore:
                 seen_at = await pipe.zscore(SEEN, key)
                 if raw is None or seen_at is None or float(seen_at) >= before:
                     return None
-                me = Participant(**json.loads(raw))
+                me = ParticipantState(**json.loads(raw))
                 if me.status != "connected":
                     return None
                 dropped = replace(me, connection="", status="dropped", dropped_at=dropped_at)

@@ -26,7 +26,7 @@ from tests.video.test_aiortc_call import Signal, uvicorn_process
 from tests.video.test_signalling import committed, receive_until, visit
 from tests.video.test_two_workers import throwaway_redis
 from video import liveness, session
-from video.session import Participant
+from video.session import ParticipantState
 
 pytestmark = pytest.mark.django_db(transaction=False)
 
@@ -305,7 +305,7 @@ async def test_a_participant_who_left_or_is_gone_is_not_swept(call):
     ghost = str(uuid.uuid4())
     await store.put_participant(
         call["encounter"],
-        Participant(user_id=ghost, role="patient", connection="x", status="left", admitted=True),
+        ParticipantState(user_id=ghost, role="patient", connection="x", status="left", admitted=True),
     )
     stale = time.time() - 60
     await store.heartbeat(

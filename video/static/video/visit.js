@@ -235,7 +235,7 @@ function onError(m) {
     case 'not_found':
       if (endRequested || signal?.you) {
         // In the visit a moment ago: it ended (the refusal of a message sent meanwhile can overtake `ended`),
-        // or this account's seat in it is gone.
+        // or this account is no longer a participant in it.
         finish(
           'The visit has ended',
           endRequested ? 'Thank you. You can close this page.' : 'This visit has ended or is no longer available to you.',
