@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import json
 import re
-import time
 import uuid
 from dataclasses import dataclass
 from urllib.parse import parse_qs
@@ -14,12 +13,11 @@ from urllib.parse import parse_qs
 from django.conf import settings
 
 from clinic import services as clinic
-from tenancy.authentication import SESSION_LAST_SEEN, SESSION_MFA_PENDING, SESSION_ORG
-from tenancy.context import ANONYMOUS, tenant_context
+from tenancy.context import tenant_context
 from tenancy.errors import ApiError
-from tenancy.middleware import org_id_for_host
 from tenancy.models import Membership, Organization, PurposeOfUse, Role
-from tenancy.services import find_live_token, get_organization
+from tenancy.services import get_organization
+from tenancy.sockets import member_for_socket
 
 
 @dataclass(frozen=True)
@@ -133,44 +131,11 @@ def connect_request(query_string: bytes) -> ConnectRequest:
     )
 
 
-def _host(scope) -> str:
-    for name, value in scope.get("headers", []):
-        if name == b"host":
-            return value.decode("latin-1").rsplit(":", 1)[0].lower().rstrip(".")
-    return ""
-
-
-def _header(scope, wanted: bytes) -> str:
-    for name, value in scope.get("headers", []):
-        if name == wanted:
-            return value.decode("latin-1")
-    return ""
-
-
 def authenticate(scope) -> Participant | None:
-    """The organization from the Host, the user from a bearer token or the portal session cookie."""
-    org_id = org_id_for_host(_host(scope))
-    if org_id is None:
-        return None
-    with tenant_context(org_id=org_id, role=ANONYMOUS):
-        org = get_organization(org_id)
-        scheme, _, raw = _header(scope, b"authorization").partition(" ")
-        if scheme.lower() == "bearer" and raw:
-            token = find_live_token(raw.strip(), org)
-            if token is None or not token.membership.is_active:
-                return None
-            m = token.membership
-            return Participant(org_id, m.user_id, m.pk, m.role)
-        session = scope.get("session")
-        user = scope.get("user")
-        if session is None or user is None or not getattr(user, "is_authenticated", False):
-            return None
-        if session.get(SESSION_ORG) != str(org_id) or session.get(SESSION_MFA_PENDING):
-            return None  # another clinic's session, or one that has not finished MFA enrollment
-        if time.time() - float(session.get(SESSION_LAST_SEEN, 0)) > org.idle_timeout_minutes * 60:
-            return None
-        m = Membership.objects.filter(user_id=user.pk, is_active=True).defer("email", "display_name").first()
-        return None if m is None else Participant(org_id, m.user_id, m.pk, m.role)
+    """The organization from the Host, the user from a bearer token or the portal session cookie
+    (tenancy.sockets)."""
+    m = member_for_socket(scope)
+    return None if m is None else Participant(m.org_id, m.user_id, m.pk, m.role)
 
 
 def _context(participant: Participant, request_id: str = ""):
