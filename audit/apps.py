@@ -1,3 +1,5 @@
+"""The audit app: its subscription to the event bus (audit.events.connect) and its health checks."""
+
 from __future__ import annotations
 
 import time
@@ -15,9 +17,11 @@ class AuditConfig(AppConfig):
     def ready(self) -> None:
         from tenancy import health
 
-        from . import listeners
+        from . import events
 
-        listeners.connect()
+        # The audit app's one subscription: every event published on tenancy.events becomes an outbox row
+        # in the publisher's transaction (audit/events.py).
+        events.connect()
         health.register_check("audit_outbox", _outbox_lag)
         health.register_gauge("audit_outbox_oldest_age_seconds", _outbox_age)
         # Shipped but not yet under a signed checkpoint (deploy/RUNBOOK.md: signing stalls while Vault is down).

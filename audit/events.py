@@ -1,9 +1,17 @@
-"""Audit events: one keyword-only constructor per kind, so no caller can leave out the actor.
+"""What the audit app records, and how: one path from a published event to its outbox row.
 
-`emit()` writes the event to the outbox in the caller's transaction: it commits with the access it records,
-or neither happens. For reads, the request's transaction (ATOMIC_REQUESTS) commits before the response
-leaves the server, so the record exists before the health information is sent. The shipper
-(audit/shipper.py) moves outbox rows to the signed log in the audit database.
+1. Other apps (and this one) publish typed events on the bus (`tenancy.events`: PhiAccess, PhiPageRead,
+   Authentication, KeyOperation, Administration), each with its actor built once from the tenant context.
+2. `connect()`, called once from AuditConfig.ready, subscribes `record` to every one of those classes. This
+   is the only subscription the audit app makes.
+3. `entries()` turns each event into its log entries (`AuditEvent`: the shape audit/FORMAT.md describes). It
+   is the one place that knows how an event of each class is written down.
+4. `emit_many()` writes them to the outbox in the caller's transaction: they commit with the access they
+   record, or neither happens. For reads, the request's transaction (ATOMIC_REQUESTS) commits before the
+   response leaves the server, so the record exists before the health information is sent. If the outbox
+   cannot be written, the caller gets ServiceUnavailable (503) and its transaction is lost.
+
+The shipper (audit/shipper.py) later moves outbox rows to the signed log in the audit database.
 """
 
 from __future__ import annotations
@@ -16,29 +24,17 @@ from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
+from tenancy import events as bus
 from tenancy.context import current, tenant_context
-from tenancy.errors import ServiceUnavailable
-
-
-@dataclass(frozen=True, kw_only=True)
-class Actor:
-    user: str | None
-    role: str
-    session: str = ""
-    ip: str | None = None
-
-
-def actor_from_context() -> Actor:
-    ctx = current()
-    if ctx is None:
-        return Actor(user=None, role="system")
-    return Actor(
-        user=str(ctx.user_id) if ctx.user_id else None, role=ctx.role, session=ctx.session, ip=ctx.source_ip
-    )
+from tenancy.errors import ServiceUnavailable, unavailable_if_refused
+from tenancy.events import Actor
 
 
 @dataclass(frozen=True, kw_only=True)
 class AuditEvent:
+    """One log entry, before the shipper numbers it. Its payload is the exported format: change it and every
+    existing export, the FHIR mapping (audit/fhir.py) and the verifier must follow."""
+
     org_id: str
     actor: Actor
     action: str
@@ -72,153 +68,113 @@ class AuditEvent:
         }
 
 
-def _str(value: Any) -> str:
-    return "" if value is None else str(value)
+# -- from a published event to its entries ---------------------------------------------------------------
 
 
-def health_information_access(
-    *,
-    actor: Actor,
-    org_id: Any,
-    action: str,
-    resource_type: str,
-    resource_id: Any,
-    patient_id: Any,
-    purpose: str,
-    request_id: str,
-    before: str = "",
-    after: str = "",
-    outcome: str = "success",
-    detail: dict | None = None,
-) -> AuditEvent:
-    """A read, search, report, write or break-glass step on health information."""
-    return AuditEvent(
-        org_id=_str(org_id),
-        actor=actor,
-        action=action,
-        outcome=outcome,
-        purpose=purpose,
-        request_id=request_id,
-        resource_type=resource_type,
-        resource_id=_str(resource_id),
-        patient_id=_str(patient_id) or None,
-        before=before,
-        after=after,
-        detail=detail or {},
-    )
+def _entry(event: bus.Event, **fields: Any) -> AuditEvent:
+    """An entry of `event`: its organization, actor and request, and what `fields` say."""
+    return AuditEvent(org_id=event.org_id, actor=event.actor, request_id=event.request_id, **fields)
 
 
-def sign_in_event(
-    *,
-    actor: Actor,
-    org_id: Any,
-    kind: str,
-    outcome: str,
-    request_id: str,
-    reason: str = "",
-    email_hash: str = "",
-) -> AuditEvent:
-    """Sign-in success or failure, lockout, MFA step, sign-out."""
-    return AuditEvent(
-        org_id=_str(org_id),
-        actor=actor,
-        action=kind,
-        outcome=outcome,
-        purpose="operations",
-        request_id=request_id,
-        resource_type="Session",
-        detail={"reason": reason, "email_sha256": email_hash},
-    )
+def entries(event: bus.Event) -> list[AuditEvent]:
+    """The log entries an event becomes: one, a page's worth (PhiPageRead), or none (no organization)."""
+    match event:
+        case bus.PhiAccess():
+            return [
+                _entry(
+                    event,
+                    action=event.action,
+                    outcome=event.outcome,
+                    purpose=event.purpose,
+                    resource_type=event.resource,
+                    resource_id=event.resource_id,
+                    patient_id=event.patient_id or None,
+                    before=event.before,
+                    after=event.after,
+                    detail=event.detail,
+                )
+            ]
+        case bus.PhiPageRead():
+            return [
+                _entry(
+                    event,
+                    action="read",
+                    outcome="success",
+                    purpose=event.purpose,
+                    resource_type=event.resource,
+                    resource_id=resource_id,
+                    patient_id=patient_id or None,
+                    detail={"via": event.via},
+                )
+                for resource_id, patient_id in event.rows
+            ]
+        case bus.Authentication():
+            if not event.org_id:
+                return []  # a sign-in at no organization's host: there is no log to write it in
+            return [
+                _entry(
+                    event,
+                    action=event.kind,
+                    outcome=event.outcome,
+                    purpose="operations",
+                    resource_type="Session",
+                    detail={"reason": event.reason, "email_sha256": event.email_hash},
+                )
+            ]
+        case bus.KeyOperation():
+            return [
+                _entry(
+                    event,
+                    action=event.operation,
+                    outcome="success",
+                    purpose="operations",
+                    resource_type="Key",
+                    detail={"key_ids": list(event.key_ids), **event.detail},
+                )
+            ]
+        case bus.Administration():
+            return [
+                _entry(
+                    event,
+                    action=event.action,
+                    outcome="success",
+                    purpose="operations",
+                    resource_type=event.resource_type,
+                    resource_id=event.resource_id,
+                    detail=event.detail,
+                )
+            ]
+    raise TypeError(f"the audit log does not know how to record {type(event).__name__}")
 
 
-def key_operation(
-    *,
-    actor: Actor,
-    org_id: Any,
-    operation: str,
-    request_id: str,
-    key_ids: list[str] | None = None,
-    detail: dict | None = None,
-) -> AuditEvent:
-    """Data key unwrap or generation, rotation, re-encryption, shredding."""
-    return AuditEvent(
-        org_id=_str(org_id),
-        actor=actor,
-        action=operation,
-        outcome="success",
-        purpose="operations",
-        request_id=request_id,
-        resource_type="Key",
-        detail={"key_ids": key_ids or [], **(detail or {})},
-    )
+RECORDED: tuple[type[bus.Event], ...] = (
+    bus.PhiAccess,
+    bus.PhiPageRead,
+    bus.Authentication,
+    bus.KeyOperation,
+    bus.Administration,
+)
 
 
-def administration_event(
-    *,
-    actor: Actor,
-    org_id: Any,
-    action: str,
-    resource_type: str,
-    resource_id: Any,
-    request_id: str,
-    before: str = "",
-    after: str = "",
-    detail: dict | None = None,
-) -> AuditEvent:
-    """Membership and role changes, settings changes."""
-    return AuditEvent(
-        org_id=_str(org_id),
-        actor=actor,
-        action=action,
-        outcome="success",
-        purpose="operations",
-        request_id=request_id,
-        resource_type=resource_type,
-        resource_id=_str(resource_id),
-        before=before,
-        after=after,
-        detail=detail or {},
-    )
+def record(event: bus.Event) -> None:
+    """The bus's subscriber: write the event's entries to the outbox, in one INSERT."""
+    emit_many(entries(event))
 
 
-def video_event(
-    *,
-    actor: Actor,
-    org_id: Any,
-    action: str,
-    encounter_id: Any,
-    patient_id: Any,
-    request_id: str,
-    outcome: str = "success",
-    detail: dict | None = None,
-) -> AuditEvent:
-    """Video session joins, leaves, interruptions and refusals."""
-    return AuditEvent(
-        org_id=_str(org_id),
-        actor=actor,
-        action=action,
-        outcome=outcome,
-        purpose="treatment",
-        request_id=request_id,
-        resource_type="Encounter",
-        resource_id=_str(encounter_id),
-        patient_id=_str(patient_id) or None,
-        detail=detail or {},
-    )
+def connect() -> None:
+    """Subscribe `record` to every event class the audit log records (called once, from AuditConfig.ready).
+
+    Also: a write the database refuses on the outbox answers 503 like a failed `emit_many`, not 403. The
+    backstop triggers (audit/rls.py) write the outbox inside any change to a health-information table, so
+    there the refusal surfaces from the change itself, before the service records it."""
+    for kind in RECORDED:
+        bus.subscribe(kind, record)
+    unavailable_if_refused("audit_outboxevent", "audit", UNRECORDABLE)
 
 
-def audit_export_event(*, actor: Actor, org_id: Any, request_id: str, detail: dict) -> AuditEvent:
-    """Every export of the audit trail is itself recorded."""
-    return AuditEvent(
-        org_id=_str(org_id),
-        actor=actor,
-        action="audit_export",
-        outcome="success",
-        purpose="audit",
-        request_id=request_id,
-        resource_type="AuditLog",
-        detail=detail,
-    )
+# -- the outbox ------------------------------------------------------------------------------------------
+
+UNRECORDABLE = "The audit log cannot record this access; try again shortly."
 
 
 def _insert(batch: list[AuditEvent]) -> None:
@@ -232,12 +188,8 @@ def _insert(batch: list[AuditEvent]) -> None:
         cursor.execute(f"INSERT INTO audit_outboxevent (id, org_id, payload) VALUES {rows}", params)
 
 
-def emit(event: AuditEvent) -> None:
-    emit_many([event])
-
-
 def emit_many(batch: list[AuditEvent]) -> None:
-    """Write events to the outbox in the current transaction (or in their own, under their org).
+    """Write entries to the outbox in the current transaction (or in their own, under their org).
 
     No savepoint: if the insert fails, the request's transaction is lost with it, which is the point (an
     access that cannot be recorded does not happen) and saves two round trips per event.
@@ -257,6 +209,4 @@ def emit_many(batch: list[AuditEvent]) -> None:
     except (OperationalError, InterfaceError):
         raise  # the database itself is unreachable: an outage (503 database_unavailable), not the outbox's fault
     except DatabaseError as exc:
-        raise ServiceUnavailable(
-            "audit", "The audit log cannot record this access; try again shortly."
-        ) from exc
+        raise ServiceUnavailable("audit", UNRECORDABLE) from exc

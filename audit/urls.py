@@ -5,5 +5,4 @@ from . import views
 urlpatterns = [
     path("audit/events", views.AuditEventListView.as_view(), name="audit-events"),
     path("audit/checkpoint", views.CheckpointView.as_view(), name="audit-checkpoint"),
-    path("me/access-log", views.AccessLogView.as_view(), name="access-log"),
 ]

@@ -1,9 +1,10 @@
-"""The audit trail over HTTP: auditors search their organization's log and fetch checkpoints; a patient gets
-the list of who accessed their record (the accounting of disclosures)."""
+"""The audit trail over HTTP: auditors search their organization's log and fetch checkpoints.
+
+A patient's list of who accessed their record (GET /api/v1/me/access-log) is clinic's view, which knows whose
+records a patient holds, over `audit.queries.accesses_to`: the audit app knows no clinic."""
 
 from __future__ import annotations
 
-import json
 import uuid
 
 from django.utils.dateparse import parse_datetime
@@ -12,22 +13,18 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from tenancy.api import PURPOSE_HEADER, TenantAPIView, request_org, request_user, uuid_param
+from tenancy.api import PURPOSE_HEADER, TenantAPIView, request_org, uuid_param
 from tenancy.errors import ApiError
+from tenancy.events import Actor, PhiAccess, publish
 from tenancy.models import Role
 from tenancy.permissions import HasRole
 
-from . import events, store
-
-PAGE = 100
+from . import store
+from .queries import search
 
 
 class Auditors(HasRole):
     roles = (Role.AUDITOR,)
-
-
-class Patients(HasRole):
-    roles = (Role.PATIENT,)
 
 
 def _int(request: Request, name: str, default: int) -> int:
@@ -58,26 +55,6 @@ def _time(request: Request, name: str):
             "invalid_request", f"{name} must be an ISO 8601 time.", 400, {name: ["Not a valid time."]}
         )
     return value
-
-
-def search(org_id, *, patient=None, user=None, action=None, since=None, until=None, after_seq=0, limit=PAGE):
-    conditions, params = ["org_id = %s", "seq >= %s"], [org_id, after_seq]
-    for column, value in (("patient_id", patient), ("actor_user", user), ("action", action)):
-        if value:
-            conditions.append(f"{column} = %s")
-            params.append(value)
-    if since:
-        conditions.append("recorded_at >= %s")
-        params.append(since)
-    if until:
-        conditions.append("recorded_at < %s")
-        params.append(until)
-    with store.reader() as reader:
-        rows = reader.execute(
-            f"SELECT seq, entry FROM audit_entry WHERE {' AND '.join(conditions)} ORDER BY seq LIMIT %s",
-            [*params, limit + 1],
-        ).fetchall()
-    return [json.loads(entry) for _, entry in rows[:limit]], (rows[limit][0] if len(rows) > limit else None)
 
 
 class AuditEventListView(TenantAPIView):
@@ -111,16 +88,17 @@ class AuditEventListView(TenantAPIView):
             until=_time(request, "until"),
             after_seq=_int(request, "after_seq", 0),
         )
-        events.emit(
-            events.health_information_access(
-                actor=events.actor_from_context(),
-                org_id=request_org(request).id,
-                action="search",
-                resource_type="AuditLog",
-                resource_id="",
-                patient_id=uuid_param(request, "patient"),
-                purpose="audit",
+        patient = uuid_param(request, "patient")
+        # A search of the log discloses who accessed whose record: it is recorded like any other access.
+        publish(
+            PhiAccess(
+                org_id=str(request_org(request).id),
+                actor=Actor.from_context(),
                 request_id=request._request.request_id,  # type: ignore[attr-defined]
+                purpose="audit",
+                action="search",
+                resource="AuditLog",
+                patient_id=str(patient) if patient else "",
                 detail={"results": len(entries)},
             )
         )
@@ -149,32 +127,3 @@ class CheckpointView(TenantAPIView):
         if row is None:
             raise ApiError("not_found", "No checkpoint has been signed for this organization yet.", 404)
         return Response({"size": row[0], "checkpoint": row[1], "signed_at": row[2], "keys": keys})
-
-
-class AccessLogView(TenantAPIView):
-    permission_classes = [Patients]
-
-    @extend_schema(
-        parameters=[PURPOSE_HEADER],
-        responses=dict,
-        summary="Who accessed my record, when and why (the accounting of disclosures)",
-    )
-    def get(self, request: Request) -> Response:
-        from clinic.services import own_patient_ids
-
-        results = []
-        for patient_id in own_patient_ids():
-            entries, _ = search(request_org(request).id, patient=patient_id, limit=500)
-            results += [
-                {
-                    "time": e.get("time"),
-                    "action": e.get("action"),
-                    "role": (e.get("actor") or {}).get("role"),
-                    "user": (e.get("actor") or {}).get("user"),
-                    "purpose": e.get("purpose"),
-                    "resource": e.get("resource"),
-                }
-                for e in entries
-                if (e.get("actor") or {}).get("user") != str(request_user(request).pk)
-            ]
-        return Response({"results": results})

@@ -45,4 +45,5 @@ urlpatterns = [
     path("break-glass", views.BreakGlassListView.as_view(), name="break-glass-list"),
     path("break-glass/<uuid:grant_id>/close", views.BreakGlassCloseView.as_view(), name="break-glass-close"),
     path("reports/summary", views.ReportSummaryView.as_view(), name="report-summary"),
+    path("me/access-log", views.AccessLogView.as_view(), name="access-log"),
 ]

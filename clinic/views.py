@@ -11,14 +11,15 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from tenancy.api import PURPOSE_HEADER, TenantAPIView, paginated, uuid_param
+from audit.queries import accesses_to
+from tenancy.api import PURPOSE_HEADER, TenantAPIView, paginated, request_org, request_user, uuid_param
 from tenancy.errors import ApiError
 from tenancy.models import Membership, PurposeOfUse, Role
 from tenancy.permissions import HasRole
 
 from . import serializers as s
 from . import services
-from .models import BreakGlass, CareTeamMember, ClinicalNote, Consent, Encounter, EncounterEvent
+from .models import BreakGlass, CareTeamMember, Encounter
 
 
 class ClinicalRoles(HasRole):
@@ -75,19 +76,18 @@ def paginate(
     ordering: str,
     serializer_class,
     *,
-    audit: str | None = None,
-    patient_field: str = "patient",
+    resource: str | None,
 ) -> Response:
-    """A cursor page of 50. With `audit`, the page's rows are recorded as reads (one outbox write)."""
+    """A cursor page of 50: the loader of every clinical list. The rows it loads are recorded as reads of
+    `resource` (services.record_page: one event per row, one outbox write), the rows served and no others.
+    `resource=None` only where the list's service recorded the read itself (services.consents_of)."""
     paginator = CursorPagination()
     paginator.ordering = ordering
     paginator.page_size = 50
-    page = paginator.paginate_queryset(queryset, request, view=view)
-    response = paginator.get_paginated_response(serializer_class(page, many=True).data)
-    if audit:
-        rows = [(row["id"], row[patient_field]) for row in response.data["results"]]
-        services.record_phi_reads(resource=audit, rows=rows)
-    return response
+    page = paginator.paginate_queryset(queryset, request, view=view) or []
+    if resource:
+        services.record_page(page, resource=resource)
+    return paginator.get_paginated_response(serializer_class(page, many=True).data)
 
 
 # -- patients -----------------------------------------------------------------------------------------
@@ -110,9 +110,7 @@ class PatientListView(ClinicalView):
         email = request.query_params.get("email", "")[:254]
         card = request.query_params.get("health_card_number", "")[:40]
         queryset = services.search_patients(email=email, health_card_number=card)
-        return paginate(
-            self, request, queryset, "-created_at", s.PatientSerializer, audit="Patient", patient_field="id"
-        )
+        return paginate(self, request, queryset, "-created_at", s.PatientSerializer, resource="Patient")
 
     @extend_schema(
         parameters=[PURPOSE_HEADER], request=s.PatientSerializer, responses={201: s.PatientSerializer}
@@ -127,18 +125,13 @@ class PatientListView(ClinicalView):
 class PatientDetailView(ClinicalView):
     @extend_schema(parameters=[PURPOSE_HEADER], responses=s.PatientSerializer)
     def get(self, request: Request, patient_id: uuid.UUID) -> Response:
-        patient = services.get_patient_for_user(patient_id)
-        data = s.PatientSerializer(patient).data
-        services.record_phi_access(
-            action="read", resource="Patient", resource_id=patient.pk, patient_id=patient.pk
-        )
-        return Response(data)
+        return Response(s.PatientSerializer(services.get_patient_for_user(patient_id)).data)
 
     @extend_schema(
         parameters=[PURPOSE_HEADER], request=s.PatientUpdateSerializer, responses=s.PatientSerializer
     )
     def patch(self, request: Request, patient_id: uuid.UUID) -> Response:
-        patient = services.get_patient_for_user(patient_id)
+        patient = services.get_patient_for_user(patient_id, record=False)  # update_patient records it
         serializer = s.PatientUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         patient = services.update_patient(patient=patient, actor=self.actor, data=serializer.validated_data)
@@ -160,11 +153,11 @@ class CareTeamView(ClinicalView):
         # A patient outside the caller's scope is 404, not an empty team. The administrator sees care teams
         # but no patients: for them the patient is in scope when they can see some of its team.
         if self.actor.role != Role.ORG_ADMIN:
-            services.get_patient_for_user(patient_id)
+            services.get_patient_for_user(patient_id, record=False)  # a scope check: the page is recorded
         elif not members.exists():
             raise ApiError("not_found", "Not found.", 404)
         return paginate(
-            self, request, members, "-period_start", s.CareTeamMemberSerializer, audit="CareTeamMember"
+            self, request, members, "-period_start", s.CareTeamMemberSerializer, resource="CareTeamMember"
         )
 
     @extend_schema(
@@ -175,7 +168,7 @@ class CareTeamView(ClinicalView):
     def post(self, request: Request, patient_id: uuid.UUID) -> Response:
         serializer = s.CareTeamAssignSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        patient = services.get_patient_for_user(patient_id)
+        patient = services.get_patient_for_user(patient_id, record=False)  # assign_care_team records it
         practitioner = services.get_member_for_user(serializer.validated_data["practitioner"])
         member = services.assign_care_team(
             patient=patient,
@@ -205,10 +198,9 @@ class CareTeamEndView(ClinicalView):
 class ConsentListView(ClinicalView):
     @extend_schema(parameters=[PURPOSE_HEADER], responses=paginated(s.ConsentSerializer))
     def get(self, request: Request, patient_id: uuid.UUID) -> Response:
-        patient = services.get_patient_for_user(patient_id)
-        consents = Consent.objects.filter(patient=patient)
-        services.record_phi_access(action="read", resource="Consent", patient_id=patient.pk)
-        return paginate(self, request, consents, "-updated_at", s.ConsentSerializer)
+        patient = services.get_patient_for_user(patient_id, record=False)  # consents_of records the read
+        consents = services.consents_of(patient)
+        return paginate(self, request, consents, "-updated_at", s.ConsentSerializer, resource=None)
 
     @extend_schema(
         parameters=[PURPOSE_HEADER], request=s.ConsentGrantSerializer, responses={201: s.ConsentSerializer}
@@ -216,7 +208,7 @@ class ConsentListView(ClinicalView):
     def post(self, request: Request, patient_id: uuid.UUID) -> Response:
         serializer = s.ConsentGrantSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        patient = services.get_patient_for_user(patient_id)
+        patient = services.get_patient_for_user(patient_id, record=False)  # grant_consent records it
         consent = services.grant_consent(
             patient=patient,
             purpose=serializer.validated_data["purpose"],
@@ -234,8 +226,9 @@ class ConsentWithdrawView(ClinicalView):
     def post(self, request: Request, patient_id: uuid.UUID, consent_id: uuid.UUID) -> Response:
         serializer = s.ConsentWithdrawSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        patient = services.get_patient_for_user(patient_id)
-        consent = services.get_consent_for_user(patient, consent_id)
+        # withdraw_consent records the access, with the consent's state before and after.
+        patient = services.get_patient_for_user(patient_id, record=False)
+        consent = services.get_consent_for_user(patient, consent_id, record=False)
         consent = services.withdraw_consent(
             consent=consent, actor=self.actor, note=serializer.validated_data.get("note", "")
         )
@@ -245,11 +238,9 @@ class ConsentWithdrawView(ClinicalView):
 class ConsentHistoryView(ClinicalView):
     @extend_schema(parameters=[PURPOSE_HEADER], responses=s.ConsentEventSerializer(many=True))
     def get(self, request: Request, patient_id: uuid.UUID, consent_id: uuid.UUID) -> Response:
-        patient = services.get_patient_for_user(patient_id)
-        consent = services.get_consent_for_user(patient, consent_id)
-        services.record_phi_access(
-            action="read", resource="ConsentHistory", resource_id=consent.pk, patient_id=patient.pk
-        )
+        # consent_history records the read of the history.
+        patient = services.get_patient_for_user(patient_id, record=False)
+        consent = services.get_consent_for_user(patient, consent_id, record=False)
         return Response(s.ConsentEventSerializer(services.consent_history(consent), many=True).data)
 
 
@@ -294,7 +285,9 @@ class EncounterListView(ClinicalView):
                     {"documentation_required": ["Must be true or false."]},
                 )
             encounters = encounters.filter(documentation_required=flag.lower() in ("true", "1"))
-        return paginate(self, request, encounters, "-scheduled_at", s.EncounterSerializer, audit="Encounter")
+        return paginate(
+            self, request, encounters, "-scheduled_at", s.EncounterSerializer, resource="Encounter"
+        )
 
     @extend_schema(
         parameters=[PURPOSE_HEADER],
@@ -305,7 +298,8 @@ class EncounterListView(ClinicalView):
         serializer = s.EncounterCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        patient = services.get_patient_for_user(data["patient"])
+        # schedule_encounter records the access.
+        patient = services.get_patient_for_user(data["patient"], record=False)
         practitioner = services.get_member_for_user(data["practitioner"])
         encounter = services.schedule_encounter(
             patient=patient,
@@ -320,11 +314,7 @@ class EncounterListView(ClinicalView):
 class EncounterDetailView(ClinicalView):
     @extend_schema(parameters=[PURPOSE_HEADER], responses=s.EncounterSerializer)
     def get(self, request: Request, encounter_id: uuid.UUID) -> Response:
-        encounter = services.get_encounter_for_user(encounter_id)
-        services.record_phi_access(
-            action="read", resource="Encounter", resource_id=encounter.pk, patient_id=encounter.patient_id
-        )
-        return Response(s.EncounterSerializer(encounter).data)
+        return Response(s.EncounterSerializer(services.get_encounter_for_user(encounter_id)).data)
 
 
 class EncounterActionView(ClinicalView):
@@ -335,7 +325,7 @@ class EncounterActionView(ClinicalView):
         summary="arrive, admit, start, end or cancel an encounter",
     )
     def post(self, request: Request, encounter_id: uuid.UUID, action: str) -> Response:
-        encounter = services.get_encounter_for_user(encounter_id)
+        encounter = services.get_encounter_for_user(encounter_id, record=False)  # the transition records it
         encounter = services.transition_encounter(encounter=encounter, action=action, actor=self.actor)
         return Response(s.EncounterSerializer(encounter).data)
 
@@ -343,15 +333,8 @@ class EncounterActionView(ClinicalView):
 class EncounterTimelineView(ClinicalView):
     @extend_schema(parameters=[PURPOSE_HEADER], responses=s.EncounterEventSerializer(many=True))
     def get(self, request: Request, encounter_id: uuid.UUID) -> Response:
-        encounter = services.get_encounter_for_user(encounter_id)
-        events = EncounterEvent.objects.filter(encounter=encounter).order_by("at")
-        services.record_phi_access(
-            action="read",
-            resource="EncounterTimeline",
-            resource_id=encounter.pk,
-            patient_id=encounter.patient_id,
-        )
-        return Response(s.EncounterEventSerializer(events, many=True).data)
+        encounter = services.get_encounter_for_user(encounter_id, record=False)  # encounter_timeline records
+        return Response(s.EncounterEventSerializer(services.encounter_timeline(encounter), many=True).data)
 
 
 # -- notes --------------------------------------------------------------------------------------------
@@ -363,9 +346,9 @@ class EncounterNotesView(ClinicalView):
 
     @extend_schema(parameters=[PURPOSE_HEADER], responses=paginated(s.NoteSerializer))
     def get(self, request: Request, encounter_id: uuid.UUID) -> Response:
-        encounter = services.get_encounter_for_user(encounter_id)
-        notes = ClinicalNote.objects.filter(encounter=encounter)
-        return paginate(self, request, notes, "-created_at", s.NoteSerializer, audit="ClinicalNote")
+        encounter = services.get_encounter_for_user(encounter_id, record=False)  # the page is recorded
+        notes = services.notes_of(encounter)
+        return paginate(self, request, notes, "-created_at", s.NoteSerializer, resource="ClinicalNote")
 
     @extend_schema(
         parameters=[PURPOSE_HEADER], request=s.NoteBodySerializer, responses={201: s.NoteSerializer}
@@ -373,7 +356,7 @@ class EncounterNotesView(ClinicalView):
     def post(self, request: Request, encounter_id: uuid.UUID) -> Response:
         serializer = s.NoteBodySerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        encounter = services.get_encounter_for_user(encounter_id)
+        encounter = services.get_encounter_for_user(encounter_id, record=False)  # create_note records it
         note = services.create_note(
             encounter=encounter, body=serializer.validated_data["body"], author=self.actor
         )
@@ -386,17 +369,13 @@ class NoteDetailView(ClinicalView):
 
     @extend_schema(parameters=[PURPOSE_HEADER], responses=s.NoteSerializer)
     def get(self, request: Request, note_id: uuid.UUID) -> Response:
-        note = services.get_note_for_user(note_id)
-        services.record_phi_access(
-            action="read", resource="ClinicalNote", resource_id=note.pk, patient_id=note.patient_id
-        )
-        return Response(s.NoteSerializer(note).data)
+        return Response(s.NoteSerializer(services.get_note_for_user(note_id)).data)
 
     @extend_schema(parameters=[PURPOSE_HEADER], request=s.NoteBodySerializer, responses=s.NoteSerializer)
     def patch(self, request: Request, note_id: uuid.UUID) -> Response:
         serializer = s.NoteBodySerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        note = services.get_note_for_user(note_id)
+        note = services.get_note_for_user(note_id, record=False)  # update_draft_note records it
         note = services.update_draft_note(
             note=note, body=serializer.validated_data["body"], author=self.actor
         )
@@ -408,7 +387,7 @@ class NoteSignView(ClinicalView):
 
     @extend_schema(parameters=[PURPOSE_HEADER], request=None, responses=s.NoteSerializer)
     def post(self, request: Request, note_id: uuid.UUID) -> Response:
-        note = services.sign_note(note=services.get_note_for_user(note_id), actor=self.actor)
+        note = services.sign_note(note=services.get_note_for_user(note_id, record=False), actor=self.actor)
         return Response(s.NoteSerializer(note).data)
 
 
@@ -422,7 +401,9 @@ class NoteAmendView(ClinicalView):
         serializer = s.NoteBodySerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         note = services.amend_note(
-            note=services.get_note_for_user(note_id), body=serializer.validated_data["body"], actor=self.actor
+            note=services.get_note_for_user(note_id, record=False),  # amend_note records it
+            body=serializer.validated_data["body"],
+            actor=self.actor,
         )
         return Response(s.NoteSerializer(note).data, status=status.HTTP_201_CREATED)
 
@@ -443,7 +424,12 @@ class BreakGlassListView(ClinicalView):
     )
     def get(self, request: Request) -> Response:
         return paginate(
-            self, request, BreakGlass.objects.all(), "-opened_at", s.BreakGlassSerializer, audit="BreakGlass"
+            self,
+            request,
+            BreakGlass.objects.all(),
+            "-opened_at",
+            s.BreakGlassSerializer,
+            resource="BreakGlass",
         )
 
     @extend_schema(
@@ -468,7 +454,7 @@ class BreakGlassCloseView(ClinicalView):
     @extend_schema(parameters=[PURPOSE_HEADER], request=None, responses=s.BreakGlassSerializer)
     def post(self, request: Request, grant_id: uuid.UUID) -> Response:
         grant = services.close_break_glass(
-            grant=services.get_break_glass_for_user(grant_id), actor=self.actor
+            grant=services.get_break_glass_for_user(grant_id, record=False), actor=self.actor
         )
         return Response(s.BreakGlassSerializer(grant).data)
 
@@ -486,3 +472,28 @@ class ReportSummaryView(TenantAPIView):
     )
     def get(self, request: Request) -> Response:
         return Response(services.consent_aware_summary())
+
+
+# -- the patient's access log -------------------------------------------------------------------------
+
+
+class Patients(HasRole):
+    roles = (Role.PATIENT,)
+
+
+class AccessLogView(TenantAPIView):
+    """The accounting of disclosures. Clinic knows which records are the signed-in patient's; the audit log,
+    which knows no clinic, is searched by their ids. Reading it writes no audit event."""
+
+    permission_classes = [Patients]
+
+    @extend_schema(
+        parameters=[PURPOSE_HEADER],
+        responses=dict,
+        summary="Who accessed my record, when and why (the accounting of disclosures)",
+    )
+    def get(self, request: Request) -> Response:
+        results = accesses_to(
+            request_org(request).id, services.own_patient_ids(), excluding_user=request_user(request).pk
+        )
+        return Response({"results": results})

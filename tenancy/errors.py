@@ -57,6 +57,29 @@ class ServiceUnavailable(ApiError):
         self.dependency = dependency
 
 
+# Tables whose refused write means that a dependency of the request is down, not that the caller overstepped:
+# table -> (dependency, message). Apps register their own (the audit app: its outbox, which the backstop
+# triggers also write on every change to a health-information table).
+_unavailable_if_refused: dict[str, tuple[str, str]] = {}
+
+
+def unavailable_if_refused(table: str, dependency: str, message: str) -> None:
+    """Answer 503 `service_unavailable` (with `message`), not 403, when PostgreSQL refuses the runtime role a
+    write to `table` for lack of privilege: no client can cause that, and the request's writes are lost."""
+    _unavailable_if_refused[table] = (dependency, message)
+
+
+def _refused_dependency(exc: BaseException) -> ServiceUnavailable | None:
+    cause = getattr(exc, "__cause__", None)
+    if not isinstance(exc, DatabaseError) or getattr(cause, "sqlstate", "") != "42501":
+        return None
+    message = getattr(getattr(cause, "diag", None), "message_primary", None) or ""
+    for table, (dependency, text) in _unavailable_if_refused.items():
+        if message == f"permission denied for table {table}":
+            return ServiceUnavailable(dependency, text)
+    return None
+
+
 # A database that cannot be reached: Django's wrappers, and psycopg's own from the raw audit-database connections.
 DATABASE_OUTAGE = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
 
@@ -147,6 +170,9 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
             error_body("invalid_input", "A value is out of range or not valid for its field."),
             status=status.HTTP_400_BAD_REQUEST,
         )
+    elif (refused := _refused_dependency(exc)) is not None:
+        logger.error("%s cannot be written: %s", refused.dependency, exc)
+        return Response(error_body(refused.error_code, str(refused.detail)), status=refused.status_code)
     elif (
         isinstance(exc, DatabaseError) and getattr(getattr(exc, "__cause__", None), "sqlstate", "") == "42501"
     ):

@@ -12,7 +12,7 @@ import secrets
 import smtplib
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import pyotp
@@ -152,6 +152,26 @@ def check_not_already_member(email: str) -> None:
         )
 
 
+# -- administration events ------------------------------------------------------------------------------
+
+
+def _record_administration(
+    *, org_id: uuid.UUID, action: str, resource_type: str, resource_id: uuid.UUID, detail: dict
+) -> None:
+    """Membership, invitation and role changes go to the audit log (tenancy.events.Administration)."""
+    events.publish(
+        events.Administration(
+            org_id=str(org_id),
+            actor=events.Actor.from_context(),
+            request_id=events.context_request_id(),
+            action=action,
+            resource_type=resource_type,
+            resource_id=str(resource_id),
+            detail=detail,
+        )
+    )
+
+
 # -- invitations ---------------------------------------------------------------------------------------
 
 INVITATION_TOKEN_PREFIX = "tmi_"
@@ -229,15 +249,12 @@ def invite_member(
         expires_at=now + invitation_ttl(),
     )
     invitation.save()
-    events.publish(
-        "admin",
-        {
-            "org_id": org.id,
-            "action": "member_invite",
-            "resource_type": "Invitation",
-            "resource_id": invitation.pk,
-            "detail": {"role": role, "replaced": [str(pk) for pk in replaced]},
-        },
+    _record_administration(
+        org_id=org.id,
+        action="member_invite",
+        resource_type="Invitation",
+        resource_id=invitation.pk,
+        detail={"role": role, "replaced": [str(pk) for pk in replaced]},
     )
     _send_invitation(org=org, email=email, raw_token=raw, accept_url=accept_url)
     return invitation
@@ -248,15 +265,12 @@ def revoke_invitation(*, invitation: Invitation) -> None:
     if invitation.status != "pending":
         raise ApiError("invitation_not_pending", f"This invitation is already {invitation.status}.", 409)
     Invitation.objects.filter(pk=invitation.pk).update(revoked_at=timezone.now())
-    events.publish(
-        "admin",
-        {
-            "org_id": invitation.org_id,
-            "action": "member_invite_revoke",
-            "resource_type": "Invitation",
-            "resource_id": invitation.pk,
-            "detail": {"role": invitation.role},
-        },
+    _record_administration(
+        org_id=invitation.org_id,
+        action="member_invite_revoke",
+        resource_type="Invitation",
+        resource_id=invitation.pk,
+        detail={"role": invitation.role},
     )
 
 
@@ -353,15 +367,12 @@ def accept_invitation(
     membership.save()
     Invitation.objects.filter(pk=invitation.pk).update(accepted_at=now, membership=membership)
     event("accepted", user_id=user.pk)
-    events.publish(
-        "admin",
-        {
-            "org_id": org.id,
-            "action": "member_add",
-            "resource_type": "Membership",
-            "resource_id": membership.pk,
-            "detail": {"role": invitation.role, "invitation": str(invitation.pk)},
-        },
+    _record_administration(
+        org_id=org.id,
+        action="member_add",
+        resource_type="Membership",
+        resource_id=membership.pk,
+        detail={"role": invitation.role, "invitation": str(invitation.pk)},
     )
     return membership
 
@@ -382,22 +393,25 @@ def record_auth_event(
 ) -> None:
     """The one place every sign-in success, failure, lockout, MFA event and sign-out goes through.
 
-    Published to the audit log (tenancy.events "auth") and logged. The email is hashed: a failure for an
-    unknown address must not put that address in a log.
+    Published to the audit log (tenancy.events.Authentication) and logged. The email is hashed: a failure for
+    an unknown address must not put that address in a log.
     """
     email_hash = hashlib.sha256(email.encode()).hexdigest()[:16] if email else ""
+    actor = events.Actor.from_context()
+    if user_id:
+        # The person signing in, who is not yet (or no longer) the context's user; the context's address
+        # stands when the caller could not tell one.
+        actor = replace(actor, user=str(user_id), ip=source_ip or actor.ip)
     events.publish(
-        "auth",
-        {
-            "kind": kind,
-            "outcome": outcome,
-            "org_id": org_id,
-            "user_id": user_id,
-            "email_hash": email_hash,
-            "reason": reason,
-            "request_id": request_id,
-            "source_ip": source_ip,
-        },
+        events.Authentication(
+            org_id=str(org_id) if org_id else "",
+            actor=actor,
+            request_id=request_id or events.context_request_id(),
+            kind=kind,
+            outcome=outcome,
+            reason=reason,
+            email_hash=email_hash,
+        )
     )
     auth_events_logger.info(
         "auth_event kind=%s outcome=%s org=%s user=%s email_sha256=%s reason=%s request_id=%s ip=%s",
@@ -785,15 +799,12 @@ def change_role(*, membership: Membership, role: str, actor: User) -> Membership
     before = membership.role
     membership.role = role
     membership.save(update_fields=["role"])
-    events.publish(
-        "admin",
-        {
-            "org_id": membership.org_id,
-            "action": "role_change",
-            "resource_type": "Membership",
-            "resource_id": membership.pk,
-            "detail": {"from": before, "to": role},
-        },
+    _record_administration(
+        org_id=membership.org_id,
+        action="role_change",
+        resource_type="Membership",
+        resource_id=membership.pk,
+        detail={"from": before, "to": role},
     )
     logger.info("membership role changed membership=%s role=%s by=%s", membership.pk, role, actor.pk)
     return membership

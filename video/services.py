@@ -156,7 +156,9 @@ def participation(participant: Participant, encounter_id: str) -> Participation:
         raise NotFound() from None
     with _context(participant):
         try:
-            encounter = clinic.get_encounter_for_user(encounter_uuid)
+            # Not recorded as a read: checked at the join and again on every message, and what the participant
+            # does with the encounter is recorded by record() (video_join, video_leave and the rest).
+            encounter = clinic.get_encounter_for_user(encounter_uuid, record=False)
         except ApiError:
             raise NotFound() from None
         if participant.role == Role.PRACTITIONER and encounter.practitioner_id == participant.membership_id:
@@ -195,7 +197,8 @@ def record(
             detail=detail,
         )
         if participation is not None:
-            encounter = clinic.get_encounter_for_user(uuid.UUID(encounter_id))
+            # The step was recorded just above; the encounter is loaded for its timeline only.
+            encounter = clinic.get_encounter_for_user(uuid.UUID(encounter_id), record=False)
             me = (
                 Membership.objects.filter(pk=participant.membership_id).defer("email", "display_name").first()
             )
@@ -205,7 +208,8 @@ def record(
 def arrive(participant: Participant, participation: Participation) -> None:
     """A patient in the waiting room checks in (planned -> arrived)."""
     with _context(participant):
-        encounter = clinic.get_encounter_for_user(uuid.UUID(participation.encounter_id))
+        # transition_encounter records the change, with the encounter's state before and after.
+        encounter = clinic.get_encounter_for_user(uuid.UUID(participation.encounter_id), record=False)
         if encounter.status == "planned":
             member = (
                 Membership.objects.filter(pk=participant.membership_id).defer("email", "display_name").first()
@@ -216,7 +220,8 @@ def arrive(participant: Participant, participation: Participation) -> None:
 def admit(participant: Participant, participation: Participation) -> str:
     """The practitioner admits the patient: admitted, and the visit starts."""
     with _context(participant):
-        encounter = clinic.get_encounter_for_user(uuid.UUID(participation.encounter_id))
+        # transition_encounter records the change, with the encounter's state before and after.
+        encounter = clinic.get_encounter_for_user(uuid.UUID(participation.encounter_id), record=False)
         member = (
             Membership.objects.filter(pk=participant.membership_id).defer("email", "display_name").first()
         )
@@ -230,7 +235,8 @@ def admit(participant: Participant, participation: Participation) -> str:
 
 def end(participant: Participant, participation: Participation) -> str:
     with _context(participant):
-        encounter = clinic.get_encounter_for_user(uuid.UUID(participation.encounter_id))
+        # transition_encounter records the change, with the encounter's state before and after.
+        encounter = clinic.get_encounter_for_user(uuid.UUID(participation.encounter_id), record=False)
         member = (
             Membership.objects.filter(pk=participant.membership_id).defer("email", "display_name").first()
         )

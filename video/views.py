@@ -61,7 +61,10 @@ class TurnCredentialsView(TenantAPIView):
     )
     def get(self, request: Request) -> Response:
         services.require_purpose(PurposeOfUse.TREATMENT)
-        encounter = services.get_encounter_for_user(uuid_param(request, "encounter", required=True))
+        # Recorded below as the credentials' issue (turn_credentials), once they are.
+        encounter = services.get_encounter_for_user(
+            uuid_param(request, "encounter", required=True), record=False
+        )
         membership = request.auth.membership  # type: ignore[union-attr]
         if membership.role == Role.PRACTITIONER:
             # A colleague may see the encounter (care team) without being in the call.

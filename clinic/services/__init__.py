@@ -5,8 +5,12 @@ Views, pages and consumers call these functions; every state change is validated
 ApiError (a clear 4xx). Which rows a caller can reach at all is PostgreSQL's decision (clinic/rls.py): a loader
 that finds nothing answers 404, whether the row does not exist or belongs to someone else's care.
 
-Every read and write of health information goes through `record_phi_access`, the one place the audit log hooks
-into. Writes carry hashes of the state before and after.
+Every read and write of health information is recorded where it happens, so that any caller (an API view, a
+page, a WebSocket consumer, a command) is covered by the same call: the `get_*_for_user` loaders record a read
+of the row they return (`record=False` only when the caller's own event records the access), list pages are
+recorded row by row (`record_page`), and writes are made inside `recorded_write`, which records the state
+hashes before and after. All of them publish through `record_phi_access` (common.py), the one place the audit
+log hooks into.
 
 Callers import this package (`from clinic import services`); the names below are its public surface.
 """
@@ -25,15 +29,17 @@ from .care_team import (
 )
 from .common import (
     get_member_for_user,
-    on_phi_access,
+    record_page,
     record_phi_access,
     record_phi_reads,
+    recorded_write,
     require_purpose,
     state_hash,
     visible_length,
 )
 from .consent import (
     consent_history,
+    consents_of,
     get_consent_for_user,
     grant_consent,
     withdraw_consent,
@@ -44,6 +50,7 @@ from .encounters import (
     S,
     add_timeline_event,
     check_visit_window,
+    encounter_timeline,
     flag_documentation_required,
     get_encounter_for_user,
     schedule_encounter,
@@ -53,6 +60,7 @@ from .notes import (
     amend_note,
     create_note,
     get_note_for_user,
+    notes_of,
     sign_note,
     update_draft_note,
 )
@@ -93,7 +101,9 @@ __all__ = [
     "close_break_glass",
     "consent_aware_summary",
     "consent_history",
+    "consents_of",
     "create_note",
+    "encounter_timeline",
     "end_care_team",
     "flag_documentation_required",
     "get_break_glass_for_user",
@@ -103,11 +113,13 @@ __all__ = [
     "get_note_for_user",
     "get_patient_for_user",
     "grant_consent",
-    "on_phi_access",
+    "notes_of",
     "open_break_glass",
     "own_patient_ids",
+    "record_page",
     "record_phi_access",
     "record_phi_reads",
+    "recorded_write",
     "register_patient",
     "require_purpose",
     "schedule_encounter",

@@ -13,7 +13,7 @@ from tenancy.models import Membership, PurposeOfUse, Role
 from ..models import (
     BreakGlass,
 )
-from .common import _not_found, _now, record_phi_access, require_purpose, state_hash, visible_length
+from .common import _not_found, _now, record_phi_access, recorded_write, require_purpose, visible_length
 
 BREAK_GLASS_DEFAULT_MINUTES = 60
 
@@ -52,20 +52,13 @@ def open_break_glass(
         opened_at=now,
         expires_at=now + timedelta(minutes=minutes),
     )
-    try:
-        with transaction.atomic():
-            grant.save(force_insert=True)
-    except IntegrityError:
-        # The composite foreign key found no such patient in this organization.
-        raise _not_found() from None
-    record_phi_access(
-        action="break_glass_open",
-        resource="BreakGlass",
-        resource_id=grant.pk,
-        patient_id=patient_id,
-        after=state_hash(grant),
-        detail={"minutes": minutes},
-    )
+    with recorded_write(grant, resource="BreakGlass", action="break_glass_open", detail={"minutes": minutes}):
+        try:
+            with transaction.atomic():
+                grant.save(force_insert=True)
+        except IntegrityError:
+            # The composite foreign key found no such patient in this organization.
+            raise _not_found() from None
     return grant
 
 
@@ -73,22 +66,20 @@ def open_break_glass(
 def close_break_glass(*, grant: BreakGlass, actor: Membership) -> BreakGlass:
     if grant.closed_at is not None:
         raise ApiError("already_closed", "This break-glass access is already closed.", 409)
-    before = state_hash(grant)
-    grant.closed_at = _now()
-    grant.save(update_fields=["closed_at"])
-    record_phi_access(
-        action="break_glass_close",
-        resource="BreakGlass",
-        resource_id=grant.pk,
-        patient_id=grant.patient_id,
-        before=before,
-        after=state_hash(grant),
-    )
+    with recorded_write(grant, resource="BreakGlass", action="break_glass_close"):
+        grant.closed_at = _now()
+        grant.save(update_fields=["closed_at"])
     return grant
 
 
-def get_break_glass_for_user(grant_id: uuid.UUID) -> BreakGlass:
+def get_break_glass_for_user(grant_id: uuid.UUID, *, record: bool = True) -> BreakGlass:
+    """The break-glass access (else 404), recorded as a read; `record=False` only when the caller's own event
+    records this access (closing it)."""
     grant = BreakGlass.objects.filter(pk=grant_id).first()
     if grant is None:
         raise _not_found()
+    if record:
+        record_phi_access(
+            action="read", resource="BreakGlass", resource_id=grant.pk, patient_id=grant.patient_id
+        )
     return grant

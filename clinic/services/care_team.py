@@ -14,7 +14,7 @@ from ..models import (
     CareTeamMember,
     Patient,
 )
-from .common import _check_period_end, _now, record_phi_access, state_hash
+from .common import _check_period_end, _now, recorded_write
 
 
 @transaction.atomic
@@ -53,14 +53,8 @@ def assign_care_team(
         period_end=until,
         added_by=actor,
     )
-    member.save(force_insert=True)
-    record_phi_access(
-        action="create",
-        resource="CareTeamMember",
-        resource_id=member.pk,
-        patient_id=patient.pk,
-        after=state_hash(member),
-    )
+    with recorded_write(member, resource="CareTeamMember"):
+        member.save(force_insert=True)
     return member
 
 
@@ -69,15 +63,7 @@ def end_care_team(*, member: CareTeamMember, actor: Membership) -> CareTeamMembe
     now = _now()
     if member.period_end is not None and member.period_end <= now:
         raise ApiError("already_ended", "This care team assignment has already ended.", 409)
-    before = state_hash(member)
-    member.period_end = now
-    member.save(update_fields=["period_end"])
-    record_phi_access(
-        action="update",
-        resource="CareTeamMember",
-        resource_id=member.pk,
-        patient_id=member.patient_id,
-        before=before,
-        after=state_hash(member),
-    )
+    with recorded_write(member, resource="CareTeamMember"):
+        member.period_end = now
+        member.save(update_fields=["period_end"])
     return member

@@ -1,6 +1,12 @@
-"""What every clinic service shares: the audit hook (every read and write of health information passes
-through `record_phi_access`, or `record_phi_reads` for a page), state hashes for writes, and the few rules and
-answers the aggregates have in common."""
+"""What every clinic service shares: the audit hook, and the few rules and answers the aggregates have in
+common.
+
+Every read and write of health information is published as a typed event (tenancy.events) that the audit
+app writes to its outbox in the same transaction:
+- a read by the loader that fetched the row (`get_*_for_user`, which calls `record_phi_access`), or by the
+  list's page loader for each row served (`record_page`);
+- a write by `recorded_write`, around the save, with SHA-256 hashes of the record's state before and after.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +15,22 @@ import json
 import logging
 import unicodedata
 import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+from django.db.models import Model
 from django.utils import timezone
 
-from tenancy import events
-from tenancy.context import current
+from tenancy.context import TenantContext, current
 from tenancy.errors import ApiError
+from tenancy.events import Actor, PhiAccess, PhiPageRead, publish
 from tenancy.models import Membership
 
+from ..models import Patient
+
 logger = logging.getLogger("clinic.phi")
-
-
-def on_phi_access(listener) -> None:
-    """Subscribe to health-information access events (the audit app does; clinic never imports audit)."""
-    events.subscribe("phi", listener)
 
 
 def state_hash(obj: Any) -> str:
@@ -45,7 +51,21 @@ def state_hash(obj: Any) -> str:
     return hashlib.sha256(encoded).hexdigest()
 
 
-def _phi_event(
+def _phi_fields(ctx: TenantContext | None) -> dict[str, Any]:
+    """Who, for which organization and request, and for what purpose: read from the context once per event."""
+    return {
+        "org_id": str(ctx.org_id) if ctx and ctx.org_id else "",
+        "actor": Actor.from_context(ctx),
+        "request_id": ctx.request_id if ctx else "",
+        "purpose": ctx.purpose if ctx else "",
+    }
+
+
+def _id(value: Any) -> str:
+    return str(value) if value else ""
+
+
+def record_phi_access(
     *,
     action: str,
     resource: str,
@@ -55,51 +75,86 @@ def _phi_event(
     after: str = "",
     outcome: str = "success",
     detail: dict | None = None,
-) -> dict:
-    ctx = current()
-    return {
-        "action": action,
-        "resource": resource,
-        "resource_id": str(resource_id) if resource_id else "",
-        "patient_id": str(patient_id) if patient_id else "",
-        "org_id": str(ctx.org_id) if ctx and ctx.org_id else "",
-        "user_id": str(ctx.user_id) if ctx and ctx.user_id else "",
-        "role": ctx.role if ctx else "",
-        "purpose": ctx.purpose if ctx else "",
-        "request_id": ctx.request_id if ctx else "",
-        "before": before,
-        "after": after,
-        "outcome": outcome,
-        "detail": detail or {},
-    }
-
-
-def record_phi_access(**kwargs) -> None:
+) -> None:
     """Every read and write of health information passes here (or through record_phi_reads for a page):
-    who (from the context), what, which patient, and for writes hashes of the state before and after."""
-    event = _phi_event(**kwargs)
-    events.publish("phi", event)
+    who (from the context), what, which patient, and for writes hashes of the state before and after.
+
+    Published on the bus as a PhiAccess; the audit app writes it to the outbox in this transaction, and if it
+    cannot, this raises and the access does not happen."""
+    event = PhiAccess(
+        **_phi_fields(current()),
+        action=action,
+        resource=resource,
+        resource_id=_id(resource_id),
+        patient_id=_id(patient_id),
+        before=before,
+        after=after,
+        outcome=outcome,
+        detail=detail or {},
+    )
+    publish(event)
     logger.debug(
         "phi_access action=%s resource=%s id=%s patient=%s user=%s role=%s purpose=%s request_id=%s",
-        event["action"],
-        event["resource"],
-        event["resource_id"],
-        event["patient_id"],
-        event["user_id"],
-        event["role"],
-        event["purpose"],
-        event["request_id"],
+        event.action,
+        event.resource,
+        event.resource_id,
+        event.patient_id,
+        event.actor.user or "",
+        event.actor.role,
+        event.purpose,
+        event.request_id,
     )
 
 
 def record_phi_reads(*, resource: str, rows: list[tuple[Any, Any]], via: str = "list") -> None:
     """A page of reads, recorded as one event per (resource id, patient id) in a single outbox write."""
-    batch = [
-        _phi_event(action="read", resource=resource, resource_id=rid, patient_id=pid, detail={"via": via})
-        for rid, pid in rows
-    ]
-    if batch:
-        events.publish("phi_many", {"events": batch})
+    if rows:
+        publish(
+            PhiPageRead(
+                **_phi_fields(current()),
+                resource=resource,
+                rows=tuple((_id(rid), _id(pid)) for rid, pid in rows),
+                via=via,
+            )
+        )
+
+
+def patient_of(row: Model) -> Any:
+    """The patient a clinic row is about: a patient is its own."""
+    return row.pk if isinstance(row, Patient) else row.patient_id  # type: ignore[attr-defined]
+
+
+def record_page(rows: Sequence[Model], *, resource: str) -> None:
+    """The rows of a page about to be served, recorded as reads (one outbox write for the page). The list
+    endpoints' one loader (clinic.views.paginate) calls it with every page it loads."""
+    record_phi_reads(resource=resource, rows=[(row.pk, patient_of(row)) for row in rows])
+
+
+@contextmanager
+def recorded_write(
+    obj: Model, *, resource: str, action: str | None = None, detail: dict | None = None
+) -> Iterator[None]:
+    """Record the write made inside the block: the record's state hash before (none for a new record), the
+    block (which saves it), the state hash after, and one PhiAccess with both.
+
+        with recorded_write(note, resource="ClinicalNote"):
+            note.body = body
+            note.save(update_fields=["body"])
+
+    `action` defaults to "create" for a record not yet saved and "update" otherwise. Nothing is recorded if
+    the block raises: the transaction is lost with it."""
+    new = obj._state.adding
+    before = "" if new else state_hash(obj)
+    yield
+    record_phi_access(
+        action=action or ("create" if new else "update"),
+        resource=resource,
+        resource_id=obj.pk,
+        patient_id=patient_of(obj),
+        before=before,
+        after=state_hash(obj),
+        detail=detail,
+    )
 
 
 def visible_length(text: str) -> int:

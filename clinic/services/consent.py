@@ -15,14 +15,24 @@ from ..models import (
     ConsentEvent,
     Patient,
 )
-from .common import _check_period_end, _not_found, _now, record_phi_access, state_hash
+from .common import _check_period_end, _not_found, _now, record_phi_access, recorded_write
 
 
-def get_consent_for_user(patient: Patient, consent_id: uuid.UUID) -> Consent:
+def get_consent_for_user(patient: Patient, consent_id: uuid.UUID, *, record: bool = True) -> Consent:
+    """The patient's consent (else 404), recorded as a read; `record=False` only when the caller's own event
+    records this access (withdrawing it, reading its history)."""
     consent = Consent.objects.filter(pk=consent_id, patient=patient).first()
     if consent is None:
         raise _not_found()
+    if record:
+        record_phi_access(action="read", resource="Consent", resource_id=consent.pk, patient_id=patient.pk)
     return consent
+
+
+def consents_of(patient: Patient):
+    """The patient's consents, one per purpose; the list is recorded as one read of the patient's consents."""
+    record_phi_access(action="read", resource="Consent", patient_id=patient.pk)
+    return Consent.objects.filter(patient=patient)
 
 
 @transaction.atomic
@@ -40,29 +50,26 @@ def grant_consent(
     now = _now()
     _check_period_end(until, now)
     consent = Consent.objects.select_for_update().filter(patient=patient, purpose=purpose).first()
-    action = "grant"
-    before = state_hash(consent)
+    step = "grant"
     if consent is None:
         consent = Consent(org_id=patient.org_id, patient=patient, purpose=purpose)
     elif consent.status == Consent.Status.ACTIVE:
         raise ApiError("already_active", "This consent is already active.", 409)
     else:
-        action = "regrant" if consent.status == Consent.Status.WITHDRAWN else "grant"
-    consent.status = Consent.Status.ACTIVE
-    consent.period_start, consent.period_end, consent.updated_at = now, until, now
-    consent.save()
-    ConsentEvent(
-        org_id=patient.org_id, consent=consent, patient=patient, action=action, actor=actor, at=now, note=note
-    ).save(force_insert=True)
-    record_phi_access(
-        action="update" if before else "create",
-        resource="Consent",
-        resource_id=consent.pk,
-        patient_id=patient.pk,
-        before=before,
-        after=state_hash(consent),
-        detail={"step": action},
-    )
+        step = "regrant" if consent.status == Consent.Status.WITHDRAWN else "grant"
+    with recorded_write(consent, resource="Consent", detail={"step": step}):
+        consent.status = Consent.Status.ACTIVE
+        consent.period_start, consent.period_end, consent.updated_at = now, until, now
+        consent.save()
+        ConsentEvent(
+            org_id=patient.org_id,
+            consent=consent,
+            patient=patient,
+            action=step,
+            actor=actor,
+            at=now,
+            note=note,
+        ).save(force_insert=True)
     return consent
 
 
@@ -70,30 +77,25 @@ def grant_consent(
 def withdraw_consent(*, consent: Consent, actor: Membership, note: str = "") -> Consent:
     if consent.status != Consent.Status.ACTIVE:
         raise ApiError("not_active", "Only an active consent can be withdrawn.", 409)
-    before = state_hash(consent)
     now = _now()
-    consent.status, consent.period_end, consent.updated_at = Consent.Status.WITHDRAWN, now, now
-    consent.save(update_fields=["status", "period_end", "updated_at"])
-    ConsentEvent(
-        org_id=consent.org_id,
-        consent=consent,
-        patient_id=consent.patient_id,
-        action="withdraw",
-        actor=actor,
-        at=now,
-        note=note,
-    ).save(force_insert=True)
-    record_phi_access(
-        action="update",
-        resource="Consent",
-        resource_id=consent.pk,
-        patient_id=consent.patient_id,
-        before=before,
-        after=state_hash(consent),
-        detail={"step": "withdraw"},
-    )
+    with recorded_write(consent, resource="Consent", detail={"step": "withdraw"}):
+        consent.status, consent.period_end, consent.updated_at = Consent.Status.WITHDRAWN, now, now
+        consent.save(update_fields=["status", "period_end", "updated_at"])
+        ConsentEvent(
+            org_id=consent.org_id,
+            consent=consent,
+            patient_id=consent.patient_id,
+            action="withdraw",
+            actor=actor,
+            at=now,
+            note=note,
+        ).save(force_insert=True)
     return consent
 
 
 def consent_history(consent: Consent):
+    """Every grant, withdrawal and re-grant of the consent, in order; recorded as a read of its history."""
+    record_phi_access(
+        action="read", resource="ConsentHistory", resource_id=consent.pk, patient_id=consent.patient_id
+    )
     return ConsentEvent.objects.filter(consent=consent).order_by("at")

@@ -20,14 +20,31 @@ from ..models import (
     Patient,
 )
 from ..rls import VISIT_CLOSES_AFTER, VISIT_OPENS_BEFORE
-from .common import _not_found, _now, record_phi_access, state_hash
+from .common import _not_found, _now, record_phi_access, recorded_write
 
 
-def get_encounter_for_user(encounter_id: uuid.UUID) -> Encounter:
+def get_encounter_for_user(encounter_id: uuid.UUID, *, record: bool = True) -> Encounter:
+    """The encounter, if the caller's row policies reach it (else 404), recorded as a read.
+
+    `record=False` only when the caller's own event records this access: a change to the encounter (its
+    event carries the state hashes), a read of something under it (its timeline, its notes), or a video step
+    (video_join, turn_credentials and the like)."""
     encounter = Encounter.objects.filter(pk=encounter_id).first()
     if encounter is None:
         raise _not_found()
+    if record:
+        record_phi_access(
+            action="read", resource="Encounter", resource_id=encounter.pk, patient_id=encounter.patient_id
+        )
     return encounter
+
+
+def encounter_timeline(encounter: Encounter):
+    """The encounter's timeline in order; recorded as one read of the timeline."""
+    record_phi_access(
+        action="read", resource="EncounterTimeline", resource_id=encounter.pk, patient_id=encounter.patient_id
+    )
+    return EncounterEvent.objects.filter(encounter=encounter).order_by("at")
 
 
 S = Encounter.Status
@@ -88,15 +105,9 @@ def schedule_encounter(
         scheduled_at=scheduled_at,
         reason=reason,
     )
-    encounter.save(force_insert=True)
-    add_timeline_event(encounter, "planned", actor)
-    record_phi_access(
-        action="create",
-        resource="Encounter",
-        resource_id=encounter.pk,
-        patient_id=patient.pk,
-        after=state_hash(encounter),
-    )
+    with recorded_write(encounter, resource="Encounter"):
+        encounter.save(force_insert=True)
+        add_timeline_event(encounter, "planned", actor)
     return encounter
 
 
@@ -143,26 +154,17 @@ def transition_encounter(*, encounter: Encounter, action: str, actor: Membership
     )  # operators' imports, as the trigger allows
     if action in ("arrive", "start") and encounter.status == S.PLANNED and not importing_history:
         check_visit_window(encounter, now)
-    before = state_hash(encounter)
-    if target is not None:
-        encounter.status = target
-    if action == "admit":
-        encounter.admitted_at = now
-    elif action == "start":
-        encounter.started_at = now
-    elif action in ("end", "cancel"):
-        encounter.ended_at = now
-    encounter.save()
-    add_timeline_event(encounter, action, actor)
-    record_phi_access(
-        action="update",
-        resource="Encounter",
-        resource_id=encounter.pk,
-        patient_id=encounter.patient_id,
-        before=before,
-        after=state_hash(encounter),
-        detail={"transition": action},
-    )
+    with recorded_write(encounter, resource="Encounter", detail={"transition": action}):
+        if target is not None:
+            encounter.status = target
+        if action == "admit":
+            encounter.admitted_at = now
+        elif action == "start":
+            encounter.started_at = now
+        elif action in ("end", "cancel"):
+            encounter.ended_at = now
+        encounter.save()
+        add_timeline_event(encounter, action, actor)
     return encounter
 
 
@@ -171,19 +173,11 @@ def flag_documentation_required(*, encounter: Encounter, reason: str) -> Encount
     """An encounter that ended without the practitioner closing it (a dropped video that never resumed):
     finished, flagged, and kept on the documentation-required list until a note is signed for it."""
     encounter = Encounter.objects.select_for_update().get(pk=encounter.pk)
-    before = state_hash(encounter)
-    if encounter.status in (S.IN_PROGRESS, S.ARRIVED):
-        encounter.status = S.FINISHED
-        encounter.ended_at = _now()
-    encounter.documentation_required = True
-    encounter.save()
-    add_timeline_event(encounter, "documentation_required", None, reason=reason)
-    record_phi_access(
-        action="update",
-        resource="Encounter",
-        resource_id=encounter.pk,
-        patient_id=encounter.patient_id,
-        before=before,
-        after=state_hash(encounter),
-    )
+    with recorded_write(encounter, resource="Encounter"):
+        if encounter.status in (S.IN_PROGRESS, S.ARRIVED):
+            encounter.status = S.FINISHED
+            encounter.ended_at = _now()
+        encounter.documentation_required = True
+        encounter.save()
+        add_timeline_event(encounter, "documentation_required", None, reason=reason)
     return encounter

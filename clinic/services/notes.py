@@ -13,15 +13,26 @@ from ..models import (
     ClinicalNote,
     Encounter,
 )
-from .common import _not_found, _now, record_phi_access, state_hash
+from .common import _not_found, _now, record_phi_access, recorded_write
 from .encounters import S, add_timeline_event
 
 
-def get_note_for_user(note_id: uuid.UUID) -> ClinicalNote:
+def get_note_for_user(note_id: uuid.UUID, *, record: bool = True) -> ClinicalNote:
+    """The note, if the caller's row policies reach it (else 404), recorded as a read; `record=False` only
+    when the caller's own event records this access (editing, signing or amending it)."""
     note = ClinicalNote.objects.filter(pk=note_id).first()
     if note is None:
         raise _not_found()
+    if record:
+        record_phi_access(
+            action="read", resource="ClinicalNote", resource_id=note.pk, patient_id=note.patient_id
+        )
     return note
+
+
+def notes_of(encounter: Encounter):
+    """The encounter's notes, every version; the page served is recorded row by row (views.paginate)."""
+    return ClinicalNote.objects.filter(encounter=encounter)
 
 
 @transaction.atomic
@@ -42,14 +53,8 @@ def create_note(*, encounter: Encounter, body: str, author: Membership) -> Clini
         author=author,
         body=body,
     )
-    note.save(force_insert=True)
-    record_phi_access(
-        action="create",
-        resource="ClinicalNote",
-        resource_id=note.pk,
-        patient_id=encounter.patient_id,
-        after=state_hash(note),
-    )
+    with recorded_write(note, resource="ClinicalNote"):
+        note.save(force_insert=True)
     return note
 
 
@@ -59,17 +64,9 @@ def update_draft_note(*, note: ClinicalNote, body: str, author: Membership) -> C
         raise ApiError("note_signed", "A signed note cannot be edited; amend it instead.", 409)
     if note.author_id != author.pk:
         raise ApiError("not_permitted", "Only the author edits a draft.", 403)
-    before = state_hash(note)
-    note.body = body
-    note.save(update_fields=["body"])
-    record_phi_access(
-        action="update",
-        resource="ClinicalNote",
-        resource_id=note.pk,
-        patient_id=note.patient_id,
-        before=before,
-        after=state_hash(note),
-    )
+    with recorded_write(note, resource="ClinicalNote"):
+        note.body = body
+        note.save(update_fields=["body"])
     return note
 
 
@@ -79,23 +76,14 @@ def sign_note(*, note: ClinicalNote, actor: Membership) -> ClinicalNote:
         raise ApiError("already_signed", "This note is already signed.", 409)
     if note.author_id != actor.pk:
         raise ApiError("not_permitted", "Only the author signs a note.", 403)
-    before = state_hash(note)
-    note.status, note.signed_at = ClinicalNote.Status.SIGNED, _now()
-    note.save(update_fields=["status", "signed_at"])
-    encounter = Encounter.objects.select_for_update().get(pk=note.encounter_id)
-    add_timeline_event(encounter, "note_signed", actor, note=str(note.pk), version=note.version)
-    if encounter.documentation_required:
-        Encounter.objects.filter(pk=encounter.pk).update(documentation_required=False)
-        add_timeline_event(encounter, "documented", actor, note=str(note.pk))
-    record_phi_access(
-        action="update",
-        resource="ClinicalNote",
-        resource_id=note.pk,
-        patient_id=note.patient_id,
-        before=before,
-        after=state_hash(note),
-        detail={"step": "sign"},
-    )
+    with recorded_write(note, resource="ClinicalNote", detail={"step": "sign"}):
+        note.status, note.signed_at = ClinicalNote.Status.SIGNED, _now()
+        note.save(update_fields=["status", "signed_at"])
+        encounter = Encounter.objects.select_for_update().get(pk=note.encounter_id)
+        add_timeline_event(encounter, "note_signed", actor, note=str(note.pk), version=note.version)
+        if encounter.documentation_required:
+            Encounter.objects.filter(pk=encounter.pk).update(documentation_required=False)
+            add_timeline_event(encounter, "documented", actor, note=str(note.pk))
     return note
 
 
@@ -115,13 +103,6 @@ def amend_note(*, note: ClinicalNote, body: str, actor: Membership) -> ClinicalN
         version=note.version + 1,
         amends=note,
     )
-    amendment.save(force_insert=True)
-    record_phi_access(
-        action="create",
-        resource="ClinicalNote",
-        resource_id=amendment.pk,
-        patient_id=note.patient_id,
-        after=state_hash(amendment),
-        detail={"amends": str(note.pk)},
-    )
+    with recorded_write(amendment, resource="ClinicalNote", detail={"amends": str(note.pk)}):
+        amendment.save(force_insert=True)
     return amendment

@@ -15,13 +15,19 @@ from tenancy.models import Membership, Role
 from ..models import (
     Patient,
 )
-from .common import _not_found, record_phi_access, state_hash
+from .common import _not_found, record_phi_access, recorded_write
 
 
-def get_patient_for_user(patient_id: uuid.UUID) -> Patient:
+def get_patient_for_user(patient_id: uuid.UUID, *, record: bool = True) -> Patient:
+    """The patient, if the caller's row policies reach it (else 404), recorded as a read.
+
+    `record=False` only when the caller's own event records this access: a write to the patient (its event
+    carries the state hashes) or a read of something under the patient (its care team, its consents)."""
     patient = Patient.objects.filter(pk=patient_id).first()
     if patient is None:
         raise _not_found()
+    if record:
+        record_phi_access(action="read", resource="Patient", resource_id=patient.pk, patient_id=patient.pk)
     return patient
 
 
@@ -86,14 +92,8 @@ def register_patient(*, actor: Membership, data: dict) -> Patient:
     if org_id is None:
         raise ApiError("unknown_host", "No organization is served at this host.", 404)
     patient = Patient(org_id=org_id, **{k: v for k, v in data.items() if k in PATIENT_FIELDS})
-    _save_patient(patient, force_insert=True)
-    record_phi_access(
-        action="create",
-        resource="Patient",
-        resource_id=patient.pk,
-        patient_id=patient.pk,
-        after=state_hash(patient),
-    )
+    with recorded_write(patient, resource="Patient"):
+        _save_patient(patient, force_insert=True)
     return patient
 
 
@@ -108,16 +108,8 @@ def update_patient(*, patient: Patient, actor: Membership, data: dict) -> Patien
             403,
             {name: ["You may not change this field."] for name in refused},
         )
-    before = state_hash(patient)
-    for name, value in data.items():
-        setattr(patient, name, value)
-    _save_patient(patient)
-    record_phi_access(
-        action="update",
-        resource="Patient",
-        resource_id=patient.pk,
-        patient_id=patient.pk,
-        before=before,
-        after=state_hash(patient),
-    )
+    with recorded_write(patient, resource="Patient"):
+        for name, value in data.items():
+            setattr(patient, name, value)
+        _save_patient(patient)
     return patient

@@ -26,10 +26,19 @@ DATA = "data"
 INDEX = "index"
 
 
-def _published(org_id: uuid.UUID, operation: str, key_ids: list, detail: dict | None = None) -> None:
-    """Key use is recorded (tenancy.events "key"); Vault's own audit device records it separately too."""
+def record_key_operation(
+    org_id: uuid.UUID, operation: str, key_ids: list, detail: dict | None = None
+) -> None:
+    """Key use goes to the audit log (tenancy.events.KeyOperation); Vault's own audit device records it too."""
     events.publish(
-        "key", {"org_id": org_id, "operation": operation, "key_ids": key_ids, "detail": detail or {}}
+        events.KeyOperation(
+            org_id=str(org_id),
+            actor=events.Actor.from_context(),
+            request_id=events.context_request_id(),
+            operation=operation,
+            key_ids=tuple(str(k) for k in key_ids),
+            detail=detail or {},
+        )
     )
 
 
@@ -114,7 +123,7 @@ class Keyring:
                 if isinstance(result, KeyServiceError):
                     raise result
                 self._store(key_id, org_id, result)
-            _published(org_id, "data_key_unwrap", [row[0] for row in rows])
+            record_key_operation(org_id, "data_key_unwrap", [row[0] for row in rows])
 
     # -- writing ---------------------------------------------------------------------------------------
 
@@ -142,14 +151,14 @@ class Keyring:
                     if isinstance(result, KeyServiceError):
                         raise result
                     self._store(key_id, org_id, result)
-                    _published(org_id, "data_key_unwrap", [key_id])
+                    record_key_operation(org_id, "data_key_unwrap", [key_id])
             else:
                 raw, wrapped = self._client().generate_data_key(org_id)
                 data_key = DataKey(org_id=org_id, purpose=purpose, wrapped=wrapped, created_at=timezone.now())
                 data_key.save(force_insert=True)
                 key_id = data_key.id
                 self._store(key_id, org_id, raw)
-                _published(org_id, "data_key_generate", [key_id], {"purpose": purpose})
+                record_key_operation(org_id, "data_key_generate", [key_id], {"purpose": purpose})
             self._current[slot] = (key_id, time.monotonic() + self.ttl)
             cipher = self._cached(key_id, org_id)
             assert cipher is not None

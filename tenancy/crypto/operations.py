@@ -14,11 +14,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from .. import events
 from ..context import tenant_context
 from .envelope import parse
 from .fields import _sealed_slot, encrypted_field_names
-from .keyring import DATA, keyring
+from .keyring import DATA, keyring, record_key_operation
 from .vault import KeyNotFound, ops_client
 
 Progress = Callable[[str], None]
@@ -81,14 +80,8 @@ def rotate_org_key(org_id: uuid.UUID, progress: Progress = _quiet, batch: int = 
     progress(f"Minimum decryption version raised to {latest}: older wrapped keys are refused.")
     keyring.purge(org_id)
     with _ctx(org_id):
-        events.publish(
-            "key",
-            {
-                "org_id": org_id,
-                "operation": "key_rotate",
-                "key_ids": [],
-                "detail": {"version": latest, "rewrapped": rewrapped, "retired": retired},
-            },
+        record_key_operation(
+            org_id, "key_rotate", [], {"version": latest, "rewrapped": rewrapped, "retired": retired}
         )
     return {"version": latest, "rewrapped": rewrapped, "retired": retired}
 
@@ -136,10 +129,7 @@ def reencrypt(org_id: uuid.UUID, progress: Progress = _quiet, batch: int = 500) 
             progress(f"{model._meta.label}: {done_model} row(s) moved to data key {current_id}.")
         total += done_model
     with _ctx(org_id):
-        events.publish(
-            "key",
-            {"org_id": org_id, "operation": "reencrypt", "key_ids": [current_id], "detail": {"rows": total}},
-        )
+        record_key_operation(org_id, "reencrypt", [current_id], {"rows": total})
     return total
 
 
@@ -150,7 +140,7 @@ def shred_org(org_id: uuid.UUID, progress: Progress = _quiet) -> None:
     client = ops_client()
     with _ctx(org_id):
         # Recorded first: once the key is gone the organization's records stay, its audit log with them.
-        events.publish("key", {"org_id": org_id, "operation": "key_shred", "key_ids": [], "detail": {}})
+        record_key_operation(org_id, "key_shred", [])
     try:
         client.delete_org_key(org_id)
         progress("Transit key deleted.")

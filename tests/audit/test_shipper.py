@@ -18,6 +18,7 @@ from audit import events, shipper, store, tlog
 from audit.signer import CheckpointSigner
 from tenancy.context import tenant_context
 from tenancy.crypto.vault import KeyServiceError
+from tenancy.events import Actor, KeyOperation, PhiAccess
 from tenancy.services import create_organization
 from tests.conftest import owner_conninfo, runtime_conninfo  # noqa: F401
 
@@ -50,18 +51,20 @@ def record(org_id, n: int = 1, action: str = "read") -> list[str]:
         ids = []
         with tenant_context(org_id=org_id, role="platform", purpose="treatment"):
             for i in range(n):
-                event = events.health_information_access(
-                    actor=events.actor_from_context(),
-                    org_id=org_id,
-                    action=action,
-                    resource_type="Patient",
-                    resource_id=uuid.uuid4(),
-                    patient_id=uuid.uuid4(),
-                    purpose="treatment",
-                    request_id=f"r{i}",
+                [entry] = events.entries(
+                    PhiAccess(
+                        org_id=str(org_id),
+                        actor=Actor.from_context(),
+                        request_id=f"r{i}",
+                        purpose="treatment",
+                        action=action,
+                        resource="Patient",
+                        resource_id=str(uuid.uuid4()),
+                        patient_id=str(uuid.uuid4()),
+                    )
                 )
-                events.emit(event)
-                ids.append(event.event_id)
+                events.emit_many([entry])
+                ids.append(entry.event_id)
         return ids
 
     return committed(write)
@@ -110,9 +113,9 @@ def test_a_long_transaction_beside_short_ones_loses_nothing(clinics):
 
     def long_transaction():
         with tenant_context(org_id=org_id, role="platform"):
-            events.emit(
-                events.key_operation(
-                    actor=events.actor_from_context(), org_id=org_id, operation="slow", request_id="long"
+            events.record(
+                KeyOperation(
+                    org_id=str(org_id), actor=Actor.from_context(), request_id="long", operation="slow"
                 )
             )
             started.set()
@@ -135,11 +138,18 @@ def test_a_long_transaction_beside_short_ones_loses_nothing(clinics):
     assert outbox_count(org_id) == 0
 
 
-def test_a_crash_between_the_audit_commit_and_the_outbox_delete_duplicates_nothing(clinics):
+def test_a_crash_between_the_audit_commit_and_the_outbox_delete_duplicates_nothing(clinics, monkeypatch):
     org_id = new_org()
     record(org_id, 7)
+
+    def crash(org_id, ids):
+        # The shipper dies after the audit database committed and before the outbox rows are deleted.
+        raise RuntimeError("simulated crash between the audit commit and the outbox delete")
+
+    monkeypatch.setattr(shipper, "_forget", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        ship(org_id, crash_before_forget=True)
+        ship(org_id)
+    monkeypatch.undo()
     assert outbox_count(org_id) >= 7  # still queued
     size_after_crash = len(log_entries(org_id))
     ship(org_id)

@@ -492,20 +492,20 @@ def test_searching_patients_by_blind_index_stays_in_scope(api, alpha, world):
 
 
 def test_every_phi_read_and_write_goes_through_the_audit_hook(api, alpha, world):
-    events: list[dict] = []
-    services.on_phi_access(events.append)
+    from tenancy import events as event_bus
+
+    events: list[event_bus.PhiAccess] = []
+    event_bus.subscribe(event_bus.PhiAccess, events.append)
     try:
         ada = client_for(api, alpha, alpha.email("practitioner"))
         ada.get(f"/api/v1/patients/{world.cared.pk}")
         ada.post(f"/api/v1/encounters/{world.encounter.pk}/notes", {"body": "More."})
     finally:
-        from tenancy import events as event_bus
-
-        event_bus.unsubscribe("phi", events.append)
+        event_bus.unsubscribe(event_bus.PhiAccess, events.append)
     read, write = events[0], events[-1]
-    assert (read["action"], read["resource"], read["patient_id"]) == ("read", "Patient", str(world.cared.pk))
-    assert read["purpose"] == "treatment" and read["user_id"] == str(world.ada.user_id)
-    assert (write["action"], write["resource"]) == ("create", "ClinicalNote") and len(write["after"]) == 64
+    assert (read.action, read.resource, read.patient_id) == ("read", "Patient", str(world.cared.pk))
+    assert read.purpose == "treatment" and read.actor.user == str(world.ada.user_id)
+    assert (write.action, write.resource) == ("create", "ClinicalNote") and len(write.after) == 64
 
 
 def test_care_team_rows_tie_a_practitioner_to_a_patient_in_one_organization(alpha, beta, world):

@@ -10,6 +10,7 @@ single-use token mailed to them and, for an existing account, their own password
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 from datetime import timedelta
 
 import pyotp
@@ -33,17 +34,17 @@ def recorded():
     """Every sign-in and administration event tenancy publishes (the audit app writes each to its outbox)."""
     seen: list[tuple[str, dict]] = []
 
-    def on_auth(event: dict) -> None:
-        seen.append(("auth", event))
+    def on_auth(event: events.Authentication) -> None:
+        seen.append(("auth", asdict(event)))
 
-    def on_admin(event: dict) -> None:
-        seen.append(("admin", event))
+    def on_admin(event: events.Administration) -> None:
+        seen.append(("admin", asdict(event)))
 
-    events.subscribe("auth", on_auth)
-    events.subscribe("admin", on_admin)
+    events.subscribe(events.Authentication, on_auth)
+    events.subscribe(events.Administration, on_admin)
     yield seen
-    events.unsubscribe("auth", on_auth)
-    events.unsubscribe("admin", on_admin)
+    events.unsubscribe(events.Authentication, on_auth)
+    events.unsubscribe(events.Administration, on_admin)
 
 
 @pytest.fixture
@@ -135,7 +136,7 @@ def test_guessing_the_password_at_acceptance_is_limited_and_audited(
     assert [e["outcome"] for e in failures] == ["failure"] * (settings.LOGIN_MAX_FAILURES + 1)
     assert failures[settings.LOGIN_MAX_FAILURES - 1]["reason"] == "bad_password; invitation void"
     # The failures name no user: alpha's log must not learn which account the address has elsewhere.
-    assert all(e["user_id"] is None for e in failures)
+    assert all(e["actor"]["user"] is None for e in failures)
     # The failures at alpha cost beta nothing.
     assert token(api(beta.host), victim).status_code == 201
 
@@ -168,7 +169,8 @@ def test_the_invited_person_accepts_with_the_token_and_their_password(
     admin_actions = [e["action"] for kind, e in recorded if kind == "admin"]
     assert admin_actions[:1] == ["member_invite"] and "member_add" in admin_actions
     accepted = [e for kind, e in recorded if kind == "auth" and e["kind"] == "invitation"]
-    assert accepted[0]["outcome"] == "accepted" and accepted[0]["user_id"] == beta.user("practitioner").pk
+    assert accepted[0]["outcome"] == "accepted"
+    assert accepted[0]["actor"]["user"] == str(beta.user("practitioner").pk)
 
 
 def test_an_existing_account_with_mfa_accepts_only_with_its_code(api, alpha, beta, alpha_admin, mailoutbox):

@@ -9,6 +9,7 @@ membership (ADR 0006) and ends that membership's API tokens and portal sessions.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from datetime import timedelta
 
 import pyotp
@@ -30,9 +31,13 @@ LOCUM = "locum@example.test"
 @pytest.fixture
 def recorded():
     seen: list[dict] = []
-    events.subscribe("auth", seen.append)
+
+    def on_auth(event: events.Authentication) -> None:
+        seen.append(asdict(event))
+
+    events.subscribe(events.Authentication, on_auth)
     yield seen
-    events.unsubscribe("auth", seen.append)
+    events.unsubscribe(events.Authentication, on_auth)
 
 
 def enroll(user) -> pyotp.TOTP:

@@ -9,6 +9,8 @@ before any credential is checked, and the service treats one that gets past the 
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pyotp
 import pytest
 from django.conf import settings
@@ -35,9 +37,13 @@ NON_ASCII_CODES = [
 def recorded():
     """Every sign-in event tenancy publishes (the audit app writes each one to its outbox)."""
     seen: list[dict] = []
-    events.subscribe("auth", seen.append)
+
+    def on_auth(event: events.Authentication) -> None:
+        seen.append(asdict(event))
+
+    events.subscribe(events.Authentication, on_auth)
     yield seen
-    events.unsubscribe("auth", seen.append)
+    events.unsubscribe(events.Authentication, on_auth)
 
 
 @pytest.fixture

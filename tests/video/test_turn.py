@@ -622,17 +622,14 @@ def test_staff_administrators_and_auditors_get_no_credentials(api, alpha, visit,
 
 
 def test_credentials_are_audited_and_unconfigured_turn_answers_503(api, visit, static_turn_settings):
-    events: list[dict] = []
-    clinic.on_phi_access(events.append)
+    events: list[event_bus.PhiAccess] = []
+    event_bus.subscribe(event_bus.PhiAccess, events.append)
     try:
         doctor = client(api, visit.host, "practitioner@alpha.test")
         assert doctor.get(credentials_url(visit.encounter)).status_code == 200
     finally:
-        event_bus.unsubscribe("phi", events.append)
-    assert [
-        (e["action"], e["resource"], e["resource_id"], e["patient_id"], e["user_id"], e["purpose"])
-        for e in events
-    ] == [
+        event_bus.unsubscribe(event_bus.PhiAccess, events.append)
+    assert [(e.action, e.resource, e.resource_id, e.patient_id, e.actor.user, e.purpose) for e in events] == [
         (
             "turn_credentials",
             "Encounter",

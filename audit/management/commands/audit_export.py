@@ -9,8 +9,9 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.dateparse import parse_datetime
 
-from audit import events, shipper
+from audit import shipper
 from audit.export import export
+from tenancy import events
 from tenancy.commands import organization_by_slug
 from tenancy.crypto.vault import KeyServiceError
 
@@ -58,11 +59,15 @@ class Command(BaseCommand):
             )
         except (KeyServiceError, ValueError, RuntimeError) as exc:
             raise CommandError(f"export stopped: {exc}") from exc
-        events.emit(
-            events.audit_export_event(
+        # Every export of the audit trail is itself recorded, by the operator who ran the command.
+        events.publish(
+            events.PhiAccess(
+                org_id=str(org.id),
                 actor=events.Actor(user=None, role="operator"),
-                org_id=org.id,
                 request_id=f"export-{uuid.uuid4().hex}",
+                purpose="audit",
+                action="audit_export",
+                resource="AuditLog",
                 detail={
                     "entries": manifest["entries"],
                     "tree_size": manifest["tree_size"],
