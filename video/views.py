@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 
-from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
@@ -104,7 +104,10 @@ def visit_page(request: HttpRequest, encounter_id: uuid.UUID) -> HttpResponse:
     Served under the strict page CSP: scripts and styles come from /static/ only.
     """
     if request.method not in ("GET", "HEAD"):
-        return HttpResponseNotAllowed(["GET", "HEAD"])
+        # The API's error shape, with Allow, as every other 405 (tenancy.strict).
+        refused = json_error("method_not_allowed", f"Method {request.method} is not allowed here.", 405)
+        refused["Allow"] = "GET, HEAD"
+        return refused
     org_id = getattr(request, "org_id", None)
     if org_id is None:
         return json_error("unknown_host", "No organization is served at this host.", 404)

@@ -133,7 +133,9 @@ def test_the_page_reveals_nothing_about_the_encounter_or_its_patient(alpha):
 def test_unknown_host_and_bad_paths_are_refused(alpha):
     assert page("nowhere.localhost").status_code == 404
     assert Client(HTTP_HOST=alpha.host).get("/visit/not-an-id").status_code == 404
-    assert Client(HTTP_HOST=alpha.host).post(f"/visit/{uuid.uuid4()}").status_code == 405
+    refused = Client(HTTP_HOST=alpha.host).post(f"/visit/{uuid.uuid4()}")
+    assert refused.status_code == 405 and refused["Allow"] == "GET, HEAD"
+    assert refused.json()["error"]["code"] == "method_not_allowed"
 
 
 @pytest.mark.parametrize(("path", "content_type"), sorted(STATIC_FILES.items()))
