@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench install clean manage cluster cluster-scale drills
+.PHONY: run test lint imports bench install clean manage cluster cluster-scale drills
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -39,7 +39,12 @@ bench: $(STAMP)
 manage: $(STAMP)
 	$(BIN)/python -m devstack manage $(ARGS)
 
-lint: $(STAMP)
+# The layering's contracts ([tool.importlinter] in pyproject.toml): which app may import which. .ci/run runs
+# it before the tests.
+imports: $(STAMP)
+	$(BIN)/lint-imports --no-cache
+
+lint: imports
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	DJANGO_DEBUG=true $(BIN)/mypy .

@@ -10,6 +10,10 @@ Two checks, because each can miss what the other sees:
 
 And the production install: pyproject's runtime dependencies leave the development tooling's out (they are the
 `devstack` extra, which make installs), and the wheel's packages leave `devstack/` out.
+
+And the layering between the apps (DESIGN.md, "The layout"): import-linter's contracts in pyproject.toml hold on
+this tree, and each of them fails on a copy of it where one import breaks it on purpose, so that a contract
+that checks nothing (a misspelt module, a wrong option) cannot pass unnoticed.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import ast
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -147,3 +152,56 @@ def test_the_wheel_ships_the_runtime_packages_and_not_the_development_package(py
         and not any(fnmatch(name, p) for p in find["exclude"])
     }
     assert shipped == set(RUNTIME)
+
+
+# -- the layering: import-linter's contracts ------------------------------------------------------------------
+
+# The console script installed beside this interpreter (the dev extra), not whichever one is on PATH.
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
+
+# One import per contract that breaks it (module of the copy, line added, contract id): each contract must catch
+# its own case. Inside a function for one of them: an import that start-up never runs breaks a contract too.
+BREAKS = [
+    ("tenancy/context.py", "import clinic", "tenancy-is-the-bottom"),
+    ("clinic/services/__init__.py", "from tenancy.views import TenantAPIView", "tenancy-public-seams"),
+    ("audit/shipper.py", "def _f():\n    from clinic import services", "audit-records-facts"),
+    ("clinic/models.py", "import channels.layers", "clinic-knows-no-transport"),
+    ("audit/tlog.py", "from django.conf import settings", "verifier-stands-alone"),
+    ("video/session.py", "import devstack.stack", "runtime-without-devstack"),
+]
+
+
+def lint_imports(root: Path, *contracts: str) -> subprocess.CompletedProcess:
+    # From `root`, which import-linter puts first on sys.path: the copy's packages, not the checkout's.
+    only = [arg for contract in contracts for arg in ("--contract", contract)]
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache", "--no-logo", *only],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_the_import_contracts_hold_on_this_tree(pyproject):
+    contracts = {c["id"] for c in pyproject["tool"]["importlinter"]["contracts"]}
+    assert contracts == {contract for _, _, contract in BREAKS}, "each contract needs its case in BREAKS"
+    result = lint_imports(ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"Contracts: {len(contracts)} kept, 0 broken." in result.stdout
+
+
+@pytest.mark.parametrize(("module", "line", "contract"), BREAKS, ids=[c for _, _, c in BREAKS])
+def test_an_import_that_breaks_a_contract_fails_the_lint(tmp_path, pyproject, module, line, contract):
+    for package in pyproject["tool"]["importlinter"]["root_packages"]:
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    assert lint_imports(tmp_path).returncode == 0, "the copy holds before it is broken"
+    target = tmp_path / module
+    target.write_text(target.read_text() + "\n" + line + "\n")
+    result = lint_imports(tmp_path)
+    assert result.returncode != 0, result.stdout
+    dotted = module.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+    assert f"{dotted} -> " in result.stdout, result.stdout
+    # And it is this contract that caught it.
+    assert lint_imports(tmp_path, contract).returncode != 0
