@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from .authentication import SESSION_LAST_SEEN, SESSION_MFA_PENDING, SESSION_ORG
+from .authentication import SESSION_LAST_SEEN, SESSION_MFA_PENDING, SESSION_ORG, SESSION_SIGNED_IN_AT
 from .context import ANONYMOUS, tenant_context
 from .middleware import org_id_for_host
 from .models import Membership
@@ -47,17 +47,28 @@ def member_for_socket(scope) -> Membership | None:
         scheme, _, raw = _header(scope, b"authorization").partition(" ")
         if scheme.lower() == "bearer" and raw:
             token = find_live_token(raw.strip(), org)
-            if token is None or not token.membership.is_active:
+            if token is None or not token.membership.is_active or not token.user.is_active:
                 return None
+            revoked_at = token.membership.sessions_revoked_at
+            if revoked_at is not None and token.created_at <= revoked_at:
+                return None  # issued before a lockout at this organization, which ended it (as over HTTP)
             return token.membership
         session = scope.get("session")
         user = scope.get("user")
         if session is None or user is None or not getattr(user, "is_authenticated", False):
             return None
+        if not getattr(user, "is_active", False):
+            return None
         if session.get(SESSION_ORG) != str(org_id) or session.get(SESSION_MFA_PENDING):
             return None  # another clinic's session, or one that has not finished MFA enrollment
         if time.time() - float(session.get(SESSION_LAST_SEEN, 0)) > org.idle_timeout_minutes * 60:
             return None
-        return (
+        membership = (
             Membership.objects.filter(user_id=user.pk, is_active=True).defer("email", "display_name").first()
         )
+        if membership is None:
+            return None
+        revoked_at = membership.sessions_revoked_at
+        if revoked_at is not None and float(session.get(SESSION_SIGNED_IN_AT, 0)) <= revoked_at.timestamp():
+            return None  # signed in before a lockout at this organization: the lockout ended this session too
+        return membership

@@ -185,3 +185,27 @@ def test_after_the_lockout_ends_a_new_sign_in_works(api, alpha):
     assert client.get("/api/v1/auth/me").status_code == 200
     portal = portal_session(api, alpha, email=email)
     assert portal.get("/api/v1/auth/me").status_code == 200
+
+
+def test_a_session_from_before_a_lockout_cannot_open_a_video_socket(api, alpha, locum):
+    """The socket handshake (tenancy.sockets) holds to the same rule as HTTP: a lockout ends older sessions."""
+    from importlib import import_module
+
+    from django.contrib.auth import get_user_model
+
+    from tenancy.sockets import member_for_socket
+
+    portal = portal_session(api, alpha)
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+
+    def handshake():
+        key = portal.client.cookies[settings.SESSION_COOKIE_NAME].value
+        session = store(session_key=key)
+        user = get_user_model().objects.get(pk=session["_auth_user_id"])
+        scope = {"headers": [(b"host", alpha.host.encode())], "session": session, "user": user}
+        return member_for_socket(scope)
+
+    assert handshake() is not None
+    for _ in range(settings.LOGIN_MAX_FAILURES):
+        assert_error(token(api(alpha.host), LOCUM, WRONG), 401, "invalid_credentials")
+    assert handshake() is None
