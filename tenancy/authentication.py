@@ -113,12 +113,7 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
                 "The token is invalid, expired or revoked.", code="invalid_token"
             )
         membership = token.membership
-        revoked_at = membership.sessions_revoked_at
-        if (
-            not membership.is_active
-            or not token.user.is_active
-            or (revoked_at is not None and token.created_at <= revoked_at)
-        ):
+        if not membership.is_active or not token.user.is_active or membership.revoked_since(token.created_at):
             raise exceptions.AuthenticationFailed(
                 "The token is invalid, expired or revoked.", code="invalid_token"
             )
@@ -160,8 +155,7 @@ class OrgSessionAuthentication(authentication.SessionAuthentication):
         if membership is None:
             django_logout(django_request)
             return None
-        revoked_at = membership.sessions_revoked_at
-        if revoked_at is not None and float(session.get(SESSION_SIGNED_IN_AT, 0)) <= revoked_at.timestamp():
+        if membership.revoked_since(float(session.get(SESSION_SIGNED_IN_AT, 0))):
             # Signed in before a lockout at this organization: that lockout ended this session too.
             record_auth_event(
                 kind="logout",

@@ -8,6 +8,7 @@ apply `tenancy.rls.EnableTenantRLS`; tests/tenancy/test_catalog.py fails the bui
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import hmac
 import unicodedata
@@ -298,6 +299,15 @@ class Membership(TenantModel):
     @property
     def is_locked(self) -> bool:
         return self.locked_until is not None and self.locked_until > timezone.now()
+
+    def revoked_since(self, issued_at: datetime.datetime | float) -> bool:
+        """Whether a lockout after `issued_at` (a token's creation, a session's sign-in as a timestamp) ended
+        what was issued then: the one rule for HTTP tokens, portal sessions and socket handshakes alike."""
+        if self.sessions_revoked_at is None:
+            return False
+        if isinstance(issued_at, datetime.datetime):
+            return issued_at <= self.sessions_revoked_at
+        return issued_at <= self.sessions_revoked_at.timestamp()
 
 
 class Invitation(TenantModel):

@@ -49,8 +49,7 @@ def member_for_socket(scope) -> Membership | None:
             token = find_live_token(raw.strip(), org)
             if token is None or not token.membership.is_active or not token.user.is_active:
                 return None
-            revoked_at = token.membership.sessions_revoked_at
-            if revoked_at is not None and token.created_at <= revoked_at:
+            if token.membership.revoked_since(token.created_at):
                 return None  # issued before a lockout at this organization, which ended it (as over HTTP)
             return token.membership
         session = scope.get("session")
@@ -68,7 +67,6 @@ def member_for_socket(scope) -> Membership | None:
         )
         if membership is None:
             return None
-        revoked_at = membership.sessions_revoked_at
-        if revoked_at is not None and float(session.get(SESSION_SIGNED_IN_AT, 0)) <= revoked_at.timestamp():
+        if membership.revoked_since(float(session.get(SESSION_SIGNED_IN_AT, 0))):
             return None  # signed in before a lockout at this organization: the lockout ended this session too
         return membership
