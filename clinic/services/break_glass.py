@@ -13,7 +13,14 @@ from tenancy.models import Membership, PurposeOfUse, Role
 from ..models import (
     BreakGlass,
 )
-from .common import _not_found, _now, record_phi_access, recorded_write, require_purpose, visible_length
+from .common import (
+    _not_found,
+    _now,
+    load_for_user,
+    recorded_write,
+    require_purpose,
+    visible_length,
+)
 
 BREAK_GLASS_DEFAULT_MINUTES = 60
 
@@ -75,11 +82,4 @@ def close_break_glass(*, grant: BreakGlass, actor: Membership) -> BreakGlass:
 def get_break_glass_for_user(grant_id: uuid.UUID, *, record: bool = True) -> BreakGlass:
     """The break-glass access (else 404), recorded as a read; `record=False` only when the caller's own event
     records this access (closing it)."""
-    grant = BreakGlass.objects.filter(pk=grant_id).first()
-    if grant is None:
-        raise _not_found()
-    if record:
-        record_phi_access(
-            action="read", resource="BreakGlass", resource_id=grant.pk, patient_id=grant.patient_id
-        )
-    return grant
+    return load_for_user(BreakGlass.objects.filter(pk=grant_id), resource="BreakGlass", record=record)

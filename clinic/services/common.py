@@ -124,6 +124,18 @@ def patient_of(row: Model) -> Any:
     return row.pk if isinstance(row, Patient) else row.patient_id  # type: ignore[attr-defined]
 
 
+def load_for_user(queryset: Any, *, resource: str, record: bool) -> Any:
+    """The one row `queryset` finds under the caller's row policies, else 404 (whether it does not exist or is
+    outside the caller's reach), recorded as a read of `resource` unless the caller's own event records it.
+    Every `get_*_for_user` loader of the clinic is this call."""
+    row = queryset.first()
+    if row is None:
+        raise _not_found()
+    if record:
+        record_phi_access(action="read", resource=resource, resource_id=row.pk, patient_id=patient_of(row))
+    return row
+
+
 def record_page(rows: Sequence[Model], *, resource: str) -> None:
     """The rows of a page about to be served, recorded as reads (one outbox write for the page). The list
     endpoints' one loader (clinic.views.paginate) calls it with every page it loads."""

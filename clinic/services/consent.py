@@ -15,18 +15,15 @@ from ..models import (
     ConsentEvent,
     Patient,
 )
-from .common import _check_period_end, _not_found, _now, record_phi_access, recorded_write
+from .common import _check_period_end, _now, load_for_user, record_phi_access, recorded_write
 
 
 def get_consent_for_user(patient: Patient, consent_id: uuid.UUID, *, record: bool = True) -> Consent:
     """The patient's consent (else 404), recorded as a read; `record=False` only when the caller's own event
     records this access (withdrawing it, reading its history)."""
-    consent = Consent.objects.filter(pk=consent_id, patient=patient).first()
-    if consent is None:
-        raise _not_found()
-    if record:
-        record_phi_access(action="read", resource="Consent", resource_id=consent.pk, patient_id=patient.pk)
-    return consent
+    return load_for_user(
+        Consent.objects.filter(pk=consent_id, patient=patient), resource="Consent", record=record
+    )
 
 
 def consents_of(patient: Patient):

@@ -20,7 +20,7 @@ from ..models import (
     Patient,
 )
 from ..rls import VISIT_CLOSES_AFTER, VISIT_OPENS_BEFORE
-from .common import _not_found, _now, record_phi_access, recorded_write
+from .common import _now, load_for_user, record_phi_access, recorded_write
 
 
 def get_encounter_for_user(encounter_id: uuid.UUID, *, record: bool = True) -> Encounter:
@@ -29,14 +29,7 @@ def get_encounter_for_user(encounter_id: uuid.UUID, *, record: bool = True) -> E
     `record=False` only when the caller's own event records this access: a change to the encounter (its
     event carries the state hashes), a read of something under it (its timeline, its notes), or a video step
     (video_join, turn_credentials and the like)."""
-    encounter = Encounter.objects.filter(pk=encounter_id).first()
-    if encounter is None:
-        raise _not_found()
-    if record:
-        record_phi_access(
-            action="read", resource="Encounter", resource_id=encounter.pk, patient_id=encounter.patient_id
-        )
-    return encounter
+    return load_for_user(Encounter.objects.filter(pk=encounter_id), resource="Encounter", record=record)
 
 
 def encounter_timeline(encounter: Encounter):

@@ -13,21 +13,14 @@ from ..models import (
     ClinicalNote,
     Encounter,
 )
-from .common import _not_found, _now, record_phi_access, recorded_write
+from .common import _now, load_for_user, recorded_write
 from .encounters import S, add_timeline_event
 
 
 def get_note_for_user(note_id: uuid.UUID, *, record: bool = True) -> ClinicalNote:
     """The note, if the caller's row policies reach it (else 404), recorded as a read; `record=False` only
     when the caller's own event records this access (editing, signing or amending it)."""
-    note = ClinicalNote.objects.filter(pk=note_id).first()
-    if note is None:
-        raise _not_found()
-    if record:
-        record_phi_access(
-            action="read", resource="ClinicalNote", resource_id=note.pk, patient_id=note.patient_id
-        )
-    return note
+    return load_for_user(ClinicalNote.objects.filter(pk=note_id), resource="ClinicalNote", record=record)
 
 
 def notes_of(encounter: Encounter):

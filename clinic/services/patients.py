@@ -15,7 +15,7 @@ from tenancy.models import Membership, Role
 from ..models import (
     Patient,
 )
-from .common import _not_found, record_phi_access, recorded_write
+from .common import load_for_user, recorded_write
 
 
 def get_patient_for_user(patient_id: uuid.UUID, *, record: bool = True) -> Patient:
@@ -23,12 +23,7 @@ def get_patient_for_user(patient_id: uuid.UUID, *, record: bool = True) -> Patie
 
     `record=False` only when the caller's own event records this access: a write to the patient (its event
     carries the state hashes) or a read of something under the patient (its care team, its consents)."""
-    patient = Patient.objects.filter(pk=patient_id).first()
-    if patient is None:
-        raise _not_found()
-    if record:
-        record_phi_access(action="read", resource="Patient", resource_id=patient.pk, patient_id=patient.pk)
-    return patient
+    return load_for_user(Patient.objects.filter(pk=patient_id), resource="Patient", record=record)
 
 
 def own_patient_ids() -> list[uuid.UUID]:
