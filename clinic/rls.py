@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from tenancy.rls import owned_by_policy_role
+
 # The visit window: arrival and the start of a visit are accepted, and an arrived or started encounter opens
 # the visit, from an hour before the scheduled time until twelve hours after it.
 VISIT_OPENS_BEFORE = timedelta(hours=1)
@@ -153,24 +155,15 @@ LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS 
       AND (c.period_start IS NULL OR c.period_start <= clock_timestamp()) AND (c.period_end IS NULL OR c.period_end > clock_timestamp())
 $fn$;
 
-DO $do$
-DECLARE
-    policy_role text := current_user || '_policy';
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = policy_role AND rolbypassrls) THEN
-        RAISE EXCEPTION 'role % (NOLOGIN BYPASSRLS) is missing: run manage.py bootstrap_db or deploy/postgres/roles.sql',
-            policy_role;
-    END IF;
-    EXECUTE format('ALTER FUNCTION public.clinic_my_membership() OWNER TO %I', policy_role);
-    EXECUTE format('ALTER FUNCTION public.clinic_chart_patients() OWNER TO %I', policy_role);
-    EXECUTE format('ALTER FUNCTION public.clinic_visits() OWNER TO %I', policy_role);
-    EXECUTE format('ALTER FUNCTION public.clinic_visit_encounters() OWNER TO %I', policy_role);
-    EXECUTE format('ALTER FUNCTION public.clinic_treatable_patients() OWNER TO %I', policy_role);
-    EXECUTE format('ALTER FUNCTION public.clinic_own_patients() OWNER TO %I', policy_role);
-    EXECUTE format('ALTER FUNCTION public.clinic_consented_patients(text) OWNER TO %I', policy_role);
-END
-$do$;
-"""
+""" + owned_by_policy_role(
+    "public.clinic_my_membership()",
+    "public.clinic_chart_patients()",
+    "public.clinic_visits()",
+    "public.clinic_visit_encounters()",
+    "public.clinic_treatable_patients()",
+    "public.clinic_own_patients()",
+    "public.clinic_consented_patients(text)",
+)
 
 HELPERS_SQL = _HELPERS_SQL.replace(
     "{opens_before}", f"{int(VISIT_OPENS_BEFORE.total_seconds())} seconds"

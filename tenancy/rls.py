@@ -229,6 +229,27 @@ class EnableTenantRLS(migrations.operations.base.Operation):
         return (self.__class__.__name__, [], kwargs)
 
 
+def owned_by_policy_role(*functions: str) -> str:
+    """SQL handing SECURITY DEFINER helper functions to the NOLOGIN BYPASSRLS role `<owner>_policy` (ADR 0009),
+    so that they read past row-level security; fails loudly if bootstrap_db has not created that role."""
+    alters = "".join(
+        f"    EXECUTE format('ALTER FUNCTION {function} OWNER TO %I', policy_role);\n"
+        for function in functions
+    )
+    return f"""
+DO $do$
+DECLARE
+    policy_role text := current_user || '_policy';
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = policy_role AND rolbypassrls) THEN
+        RAISE EXCEPTION 'role % (NOLOGIN BYPASSRLS) is missing: run manage.py bootstrap_db or deploy/postgres/roles.sql',
+            policy_role;
+    END IF;
+{alters}END
+$do$;
+"""
+
+
 # Whether the signed-in user must keep MFA: any of their active memberships, in any organization, requires it.
 # SECURITY DEFINER and owned by the policy role (ADR 0009), because row-level security rightly hides the other
 # organizations' memberships; it answers one boolean, only for the verified context's user, and names nothing.
@@ -241,18 +262,7 @@ LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS 
     )
 $fn$;
 
-DO $do$
-DECLARE
-    policy_role text := current_user || '_policy';
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = policy_role AND rolbypassrls) THEN
-        RAISE EXCEPTION 'role % (NOLOGIN BYPASSRLS) is missing: run manage.py bootstrap_db or deploy/postgres/roles.sql',
-            policy_role;
-    END IF;
-    EXECUTE format('ALTER FUNCTION public.tenancy_my_mfa_required() OWNER TO %I', policy_role);
-END
-$do$;
-"""
+""" + owned_by_policy_role("public.tenancy_my_mfa_required()")
 
 DROP_MFA_REQUIRED_HELPER_SQL = "DROP FUNCTION IF EXISTS public.tenancy_my_mfa_required();"
 
