@@ -86,13 +86,16 @@ DATABASE_OUTAGE = (OperationalError, InterfaceError, psycopg.OperationalError, p
 
 def is_database_outage(exc: BaseException | None) -> bool:
     """DATABASE_OUTAGE, or an InternalError on a connection that broke under it: psycopg reports a connection
-    lost during its own BEGIN as "received 2 results from command 'BEGIN'" (PgBouncer's "server conn
-    crashed?" and libpq's connection-lost error), which is the same outage, not a bug."""
+    lost during its own BEGIN or COMMIT as "received 2 results from command 'COMMIT'" (PgBouncer's "server
+    conn crashed?" and libpq's connection-lost error), which is the same outage, not a bug.
+
+    Broken means psycopg marked it so, or Django already dropped it: a failed COMMIT whose ROLLBACK failed too
+    leaves no connection (Atomic.__exit__ closes it), while a genuine internal error keeps a usable one."""
     if isinstance(exc, DATABASE_OUTAGE):
         return True
     if isinstance(exc, (InternalError, psycopg.InternalError)):
         raw = connections["default"].connection
-        return bool(raw is not None and getattr(raw, "broken", False))
+        return raw is None or bool(getattr(raw, "broken", False) or getattr(raw, "closed", False))
     return False
 
 

@@ -708,3 +708,39 @@ def test_the_error_schema_is_the_shape_the_server_sends(admin, openapi):
     ):
         assert response.status_code >= 400
         jsonschema.validate(json.loads(response.content), schema)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_internal_error_on_a_connection_django_dropped_is_an_outage_not_a_500(rf):
+    """Through PgBouncer a server lost during COMMIT reads "received 2 results from command 'COMMIT'"
+    (InternalError); the ROLLBACK that follows fails too and Django drops the connection. That is the
+    database going away (503 database_unavailable, Retry-After), seen in the PostgreSQL restart drill."""
+    from django.db import InternalError, connection
+
+    from tenancy.errors import server_error
+
+    connection.ensure_connection()
+    connection.close()  # what Atomic.__exit__ does when the rollback after a failed COMMIT fails as well
+    try:
+        raise InternalError("received 2 results from command 'COMMIT'")
+    except InternalError:
+        response = server_error(rf.post("/api/v1/encounters/x/notes"))
+    assert response.status_code == 503
+    assert json.loads(response.content)["error"]["code"] == "database_unavailable"
+    assert response["Retry-After"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_internal_error_on_a_working_connection_stays_a_500(rf):
+    """A genuine internal error (the connection still answers) is a bug to see, not an outage to retry."""
+    from django.db import InternalError, connection
+
+    from tenancy.errors import server_error
+
+    connection.ensure_connection()
+    try:
+        raise InternalError("an internal error of the server's own")
+    except InternalError:
+        response = server_error(rf.get("/api/v1/patients"))
+    assert response.status_code == 500
+    assert json.loads(response.content)["error"]["code"] == "internal_error"
