@@ -23,7 +23,6 @@ import math
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -41,6 +40,7 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 from websockets.asyncio import client as websockets_client
 
 from devstack.coturn import prepare_local_turn, turnserver_binary
+from devstack.launcher import server_command
 from tests.tools import require_tool
 from tests.video.test_signalling import committed, visit
 
@@ -100,20 +100,9 @@ def uvicorn_process(
     env.update({"DJANGO_SECURE_COOKIES": "false", "PYTHONUNBUFFERED": "1", "VIDEO_GRACE_SECONDS": "120"})
     env.update(env_overrides)
     with log.open("wb") as out:
+        # The command line `make run` serves with (no forwarded headers trusted), at warning level.
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "config.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-server-header",
-                "--log-level",
-                "warning",
-            ],
+            [*server_command("127.0.0.1", str(port), env), "--log-level", "warning"],
             env=env,
             cwd=ROOT,
             stdout=out,
