@@ -14,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from tenancy.api import PURPOSE_HEADER, TenantAPIView, request_org, uuid_param
-from tenancy.errors import ApiError
+from tenancy.errors import ApiError, TenancyCode
 from tenancy.events import Actor, PhiAccess, publish
 from tenancy.models import Role
 from tenancy.permissions import HasRole
@@ -34,10 +34,9 @@ def _int(request: Request, name: str, default: int) -> int:
     # isascii: str.isdigit() is also true for "²" and other digits int() refuses, which made a 500.
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 15:
         raise ApiError(
-            "invalid_request",
+            TenancyCode.INVALID_REQUEST,
             f"{name} must be a non-negative integer.",
-            400,
-            {name: ["Must be a non-negative integer."]},
+            fields={name: ["Must be a non-negative integer."]},
         )
     return int(raw)
 
@@ -52,7 +51,9 @@ def _time(request: Request, name: str):
         value = None
     if value is None:
         raise ApiError(
-            "invalid_request", f"{name} must be an ISO 8601 time.", 400, {name: ["Not a valid time."]}
+            TenancyCode.INVALID_REQUEST,
+            f"{name} must be an ISO 8601 time.",
+            fields={name: ["Not a valid time."]},
         )
     return value
 
@@ -125,5 +126,5 @@ class CheckpointView(TenantAPIView):
                 vkey for (vkey,) in reader.execute("SELECT vkey FROM audit_public_key ORDER BY first_seen")
             ]
         if row is None:
-            raise ApiError("not_found", "No checkpoint has been signed for this organization yet.", 404)
+            raise ApiError(TenancyCode.NOT_FOUND, "No checkpoint has been signed for this organization yet.")
         return Response({"size": row[0], "checkpoint": row[1], "signed_at": row[2], "keys": keys})

@@ -13,7 +13,7 @@ from rest_framework.response import Response
 
 from audit.queries import accesses_to
 from tenancy.api import PURPOSE_HEADER, TenantAPIView, paginated, request_org, request_user, uuid_param
-from tenancy.errors import ApiError
+from tenancy.errors import ApiError, TenancyCode
 from tenancy.models import Membership, PurposeOfUse, Role
 from tenancy.permissions import HasRole
 
@@ -59,9 +59,8 @@ class ClinicalView(TenantAPIView):
         super().initial(request, *args, **kwargs)
         if getattr(request, "purpose", None) == PurposeOfUse.ANALYTICS:
             raise ApiError(
-                "purpose_not_permitted",
+                TenancyCode.PURPOSE_NOT_PERMITTED,
                 "Analytics sees aggregates only: GET /api/v1/reports/summary.",
-                403,
             )
 
     @property
@@ -155,7 +154,7 @@ class CareTeamView(ClinicalView):
         if self.actor.role != Role.ORG_ADMIN:
             services.get_patient_for_user(patient_id, record=False)  # a scope check: the page is recorded
         elif not members.exists():
-            raise ApiError("not_found", "Not found.", 404)
+            raise ApiError(TenancyCode.NOT_FOUND, "Not found.")
         return paginate(
             self, request, members, "-period_start", s.CareTeamMemberSerializer, resource="CareTeamMember"
         )
@@ -187,7 +186,7 @@ class CareTeamEndView(ClinicalView):
     def post(self, request: Request, patient_id: uuid.UUID, member_id: uuid.UUID) -> Response:
         member = CareTeamMember.objects.filter(pk=member_id, patient_id=patient_id).first()
         if member is None:
-            raise ApiError("not_found", "Not found.", 404)
+            raise ApiError(TenancyCode.NOT_FOUND, "Not found.")
         member = services.end_care_team(member=member, actor=self.actor)
         return Response(s.CareTeamMemberSerializer(member).data)
 
@@ -266,10 +265,9 @@ class EncounterListView(ClinicalView):
         if wanted:
             if wanted not in Encounter.Status.values:
                 raise ApiError(
-                    "invalid_request",
+                    TenancyCode.INVALID_REQUEST,
                     "Unknown status.",
-                    400,
-                    {"status": [f"Choose one of {', '.join(Encounter.Status.values)}."]},
+                    fields={"status": [f"Choose one of {', '.join(Encounter.Status.values)}."]},
                 )
             encounters = encounters.filter(status=wanted)
         patient_id = uuid_param(request, "patient")
@@ -279,10 +277,9 @@ class EncounterListView(ClinicalView):
         if flag is not None:
             if flag.lower() not in ("true", "false", "1", "0"):
                 raise ApiError(
-                    "invalid_request",
+                    TenancyCode.INVALID_REQUEST,
                     "documentation_required must be true or false.",
-                    400,
-                    {"documentation_required": ["Must be true or false."]},
+                    fields={"documentation_required": ["Must be true or false."]},
                 )
             encounters = encounters.filter(documentation_required=flag.lower() in ("true", "1"))
         return paginate(

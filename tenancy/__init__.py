@@ -14,7 +14,9 @@ Other apps build on these public modules only, each thing from one of them:
   every tenant table).
 - `tenancy.context`: `tenant_context`, `platform_context`, `current`, `ANONYMOUS`: the per-transaction
   context PostgreSQL's row-level security reads.
-- `tenancy.errors`: `ApiError`, `ServiceUnavailable`, `json_error`: the error body every client receives.
+- `tenancy.errors`: `ApiError`, `ServiceUnavailable`, `json_error`: the error body every client receives;
+  `ErrorCode` (an app's codes subclass it in its own errors module), `SocketErrorCode`, `TenancyCode` (the
+  general codes every app answers with) and `every_error_code`.
 - `tenancy.permissions`: `HasRole` and the role permissions.
 - `tenancy.events`: the event bus that audit subscribes to and the apps publish on.
 - `tenancy.services`: organizations and members (`create_organization`, `ensure_member`,

@@ -22,7 +22,7 @@ from typing import Literal, overload
 
 from django.db import connections
 from django.db.models import QuerySet
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest
 from drf_spectacular.utils import OpenApiParameter, inline_serializer
 from rest_framework import serializers
 from rest_framework.pagination import CursorPagination
@@ -33,7 +33,7 @@ from rest_framework.views import APIView
 from . import services
 from .authentication import AuthInfo, request_org, request_user, source_ip
 from .context import ANONYMOUS, TenantContext, activate, deactivate
-from .errors import ApiError, error_body
+from .errors import ApiError, TenancyCode, json_error
 from .strict import StrictModelSerializer, StrictRequestMixin, StrictSerializer
 
 __all__ = [
@@ -89,7 +89,7 @@ class TenantAPIView(StrictRequestMixin, APIView):
         django_request = request._request
         org_id = getattr(django_request, "org_id", None)
         if org_id is None:
-            raise ApiError("unknown_host", "No organization is served at this host.", 404)
+            raise ApiError(TenancyCode.UNKNOWN_HOST, "No organization is served at this host.")
         self._context_tokens: list[contextvars.Token] = []
         request_id = getattr(django_request, "request_id", uuid.uuid4().hex)
         # Signed-out context first: enough to read the organization and confine the authentication lookups.
@@ -120,7 +120,7 @@ class TenantAPIView(StrictRequestMixin, APIView):
     def dispatch(self, request: HttpRequest, *args, **kwargs):
         if not connections["default"].in_atomic_block:
             # ATOMIC_REQUESTS is what makes the context transaction-local to this request; refuse without it.
-            return JsonResponse(error_body("internal_error", "Request is not in a transaction."), status=500)
+            return json_error(TenancyCode.INTERNAL_ERROR, "Request is not in a transaction.")
         self._context_tokens = []
         try:
             return super().dispatch(request, *args, **kwargs)
@@ -164,5 +164,5 @@ def uuid_param(request: Request, name: str, *, required: bool = False) -> uuid.U
         return uuid.UUID(raw or "")
     except ValueError:
         raise ApiError(
-            "invalid_request", f"{name} must be a UUID.", 400, {name: ["Must be a UUID."]}
+            TenancyCode.INVALID_REQUEST, f"{name} must be a UUID.", fields={name: ["Must be a UUID."]}
         ) from None

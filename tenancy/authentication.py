@@ -15,6 +15,7 @@ from django.http import HttpRequest
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
+from .errors import TenancyCode
 from .models import ApiToken, Membership, Organization, User
 from .services import find_live_token, record_auth_event
 
@@ -73,17 +74,17 @@ def request_auth(request: Request) -> AuthInfo:
 
 
 class SessionExpired(exceptions.AuthenticationFailed):
-    default_code = "session_expired"
+    default_code = TenancyCode.SESSION_EXPIRED
     default_detail = "Signed out after inactivity; sign in again."
 
 
 class SessionRevoked(exceptions.AuthenticationFailed):
-    default_code = "session_revoked"
+    default_code = TenancyCode.SESSION_REVOKED
     default_detail = "Signed out: the account was locked after repeated failures; sign in again."
 
 
 class CsrfFailed(exceptions.PermissionDenied):
-    default_code = "csrf_failed"
+    default_code = TenancyCode.CSRF_FAILED
     default_detail = "CSRF token missing or incorrect."
 
 
@@ -110,12 +111,12 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         token = find_live_token(raw, org) if raw else None
         if token is None:
             raise exceptions.AuthenticationFailed(
-                "The token is invalid, expired or revoked.", code="invalid_token"
+                "The token is invalid, expired or revoked.", code=TenancyCode.INVALID_TOKEN
             )
         membership = token.membership
         if not membership.is_active or not token.user.is_active or membership.revoked_since(token.created_at):
             raise exceptions.AuthenticationFailed(
-                "The token is invalid, expired or revoked.", code="invalid_token"
+                "The token is invalid, expired or revoked.", code=TenancyCode.INVALID_TOKEN
             )
         return token.user, AuthInfo(membership=membership, method="token", token=token)
 

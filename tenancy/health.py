@@ -22,6 +22,8 @@ from django.conf import settings
 from django.db import connections, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from .errors import TenancyCode, error_body
+
 logger = logging.getLogger(__name__)
 
 Check = Callable[[], str | None]  # returns None when healthy, else a short reason
@@ -143,11 +145,11 @@ def readyz(request: HttpRequest) -> JsonResponse:
         return JsonResponse(
             {
                 "status": "unavailable" if down else "degraded",
-                "error": {
-                    "code": "dependency_unavailable",
-                    "message": f"{'Not ready' if down else 'Degraded'}: {', '.join(failing)} unreachable.",
-                    "fields": {name: [results[name]["error"]] for name in failing},
-                },
+                **error_body(
+                    TenancyCode.DEPENDENCY_UNAVAILABLE,
+                    f"{'Not ready' if down else 'Degraded'}: {', '.join(failing)} unreachable.",
+                    {name: [results[name]["error"]] for name in failing},
+                ),
                 "checks": results,
                 "gauges": _gauge_values(),
             },

@@ -17,7 +17,7 @@ from django.core.exceptions import DisallowedHost
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
 
-from .errors import database_unavailable, json_error
+from .errors import TenancyCode, database_unavailable, json_error
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class OrganizationByHostMiddleware:
         try:
             host = request.get_host()
         except DisallowedHost:
-            return json_error("unknown_host", "No organization is served at this host.", 404)
+            return json_error(TenancyCode.UNKNOWN_HOST, "No organization is served at this host.")
         if HOST_AGNOSTIC.match(request.path):
             return self.get_response(request)
         hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
@@ -102,7 +102,7 @@ class OrganizationByHostMiddleware:
             logger.exception("database unavailable while resolving the host")
             return database_unavailable()
         if org_id is None:
-            return json_error("unknown_host", "No organization is served at this host.", 404)
+            return json_error(TenancyCode.UNKNOWN_HOST, "No organization is served at this host.")
         request.org_id = org_id  # type: ignore[attr-defined]
         return self.get_response(request)
 

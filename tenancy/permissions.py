@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rest_framework import permissions
 
-from .errors import ApiError
+from .errors import ApiError, TenancyCode
 from .models import Role
 
 
@@ -16,9 +16,8 @@ class IsOrganizationMember(permissions.BasePermission):
             return False
         if request.auth.mfa_pending and not getattr(view, "allow_mfa_pending", False):
             raise ApiError(
-                "mfa_enrollment_required",
+                TenancyCode.MFA_ENROLLMENT_REQUIRED,
                 "This organization requires MFA: enroll an authenticator (POST /api/v1/auth/mfa/totp).",
-                403,
             )
         return True
 

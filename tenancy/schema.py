@@ -7,6 +7,8 @@ what a view cannot forget, because it is derived from the view's properties, not
   host, nothing in reach), 406 and 503 everywhere; 400, 401 and 403 where the caller signs in (the purpose
   header, the role); 400, 413 and 415 where there is a body; 409 on writes. A view adds the statuses only it
   answers (a sign-in's 401) with `responses={..., **error_responses(401)}`;
+- the Error's `code` as an enum of every HTTP code of every app (tenancy.errors.every_error_code), each listed
+  with its status and what it means (the signalling socket's codes are in video/PROTOCOL.md: not HTTP);
 - the X-Purpose-Of-Use header (an enum) on every operation that reads it, i.e. every signed-in one;
 - `additionalProperties: false` on request bodies of strict serializers (tenancy.strict), since the server
   refuses unknown fields; a pattern on plain string fields, since the server refuses NUL characters and, where
@@ -33,34 +35,44 @@ from rest_framework import serializers
 from rest_framework.generics import GenericAPIView
 from rest_framework.permissions import SAFE_METHODS, AllowAny
 
+from .errors import every_error_code
 from .models import PurposeOfUse
 from .strict import StrictFieldsMixin
 
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
 ERROR_FIELDS_REF = {"$ref": "#/components/schemas/ErrorFields"}
-ERROR_SCHEMA = {
-    "type": "object",
-    "description": 'Every 4xx and 5xx answer: {"error": {"code", "message", "fields"}}.',
-    "properties": {
-        "error": {
-            "type": "object",
-            "properties": {
-                "code": {
-                    "type": "string",
-                    "pattern": "^[a-z][a-z0-9_]*$",
-                    "description": "Machine-readable and stable: invalid_request, malformed_json, "
-                    "invalid_purpose, not_authenticated, permission_denied, not_found, conflict, ...",
+
+
+def error_schema() -> dict[str, Any]:
+    """The Error component. Built when the schema is, once every app's codes are defined."""
+    codes = [code for code in every_error_code() if code.status is not None]
+    listing = "\n".join(f"- `{code.value}` ({code.status}): {code.description}" for code in codes)
+    return {
+        "type": "object",
+        "description": 'Every 4xx and 5xx answer: {"error": {"code", "message", "fields"}}.',
+        "properties": {
+            "error": {
+                "type": "object",
+                "properties": {
+                    "code": {
+                        "type": "string",
+                        "enum": [code.value for code in codes],
+                        "description": "Machine-readable and stable. Every code, with its status and what to "
+                        f"do:\n\n{listing}\n\nThe video signalling socket's codes are not HTTP responses: "
+                        "video/PROTOCOL.md lists them.",
+                    },
+                    "message": {"type": "string", "minLength": 1, "description": "For people; may change."},
+                    "fields": ERROR_FIELDS_REF,
                 },
-                "message": {"type": "string", "minLength": 1, "description": "For people; may change."},
-                "fields": ERROR_FIELDS_REF,
-            },
-            "required": ["code", "message", "fields"],
-            "additionalProperties": False,
-        }
-    },
-    "required": ["error"],
-    "additionalProperties": False,
-}
+                "required": ["code", "message", "fields"],
+                "additionalProperties": False,
+            }
+        },
+        "required": ["error"],
+        "additionalProperties": False,
+    }
+
+
 ERROR_FIELDS_SCHEMA = {
     "type": "object",
     "description": "What is wrong with each field, header or parameter, by name: a list of messages, or for a "
@@ -249,7 +261,7 @@ class TenantAutoSchema(AutoSchema):
             return None
         registry.register_on_missing(
             ResolvedComponent(
-                name="Error", type=ResolvedComponent.SCHEMA, object="Error", schema=ERROR_SCHEMA
+                name="Error", type=ResolvedComponent.SCHEMA, object="Error", schema=error_schema()
             )
         )
         registry.register_on_missing(

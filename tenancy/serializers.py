@@ -10,13 +10,14 @@ from django.conf import settings
 from rest_framework import exceptions, parsers, serializers
 from rest_framework.utils.json import strict_constant
 
+from .errors import TenancyCode
 from .models import Invitation, Membership, Organization, Role
 from .strict import StrictModelSerializer, StrictSerializer
 
 
 class RequestTooLarge(exceptions.APIException):
     status_code = 413
-    default_code = "request_too_large"
+    default_code = TenancyCode.REQUEST_TOO_LARGE
     default_detail = "The request body is too large."
 
 

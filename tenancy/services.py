@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from . import events
 from .context import platform_context, require_context
-from .errors import ApiError, RecordedFailure, ServiceUnavailable
+from .errors import ApiError, RecordedFailure, ServiceUnavailable, TenancyCode
 from .models import (
     ApiToken,
     Domain,
@@ -145,10 +145,9 @@ def check_not_already_member(email: str) -> None:
         or Membership.objects.filter(user__email_hash=email_lookup_hash(email)).exists()
     ):
         raise ApiError(
-            "already_member",
+            TenancyCode.ALREADY_MEMBER,
             "This person is already a member; change their role instead.",
-            409,
-            {"email": ["Already a member of this organization."]},
+            fields={"email": ["Already a member of this organization."]},
         )
 
 
@@ -224,7 +223,9 @@ def invite_member(
     require_context(Invitation)
     if role not in Role.values:
         raise ApiError(
-            "invalid_role", "Unknown role.", 400, {"role": [f"Choose one of {', '.join(Role.values)}."]}
+            TenancyCode.INVALID_ROLE,
+            "Unknown role.",
+            fields={"role": [f"Choose one of {', '.join(Role.values)}."]},
         )
     email = email.strip().lower()
     check_not_already_member(email)
@@ -263,7 +264,7 @@ def invite_member(
 def revoke_invitation(*, invitation: Invitation) -> None:
     require_context(Invitation)
     if invitation.status != "pending":
-        raise ApiError("invitation_not_pending", f"This invitation is already {invitation.status}.", 409)
+        raise ApiError(TenancyCode.INVITATION_NOT_PENDING, f"This invitation is already {invitation.status}.")
     Invitation.objects.filter(pk=invitation.pk).update(revoked_at=timezone.now())
     _record_administration(
         org_id=invitation.org_id,
@@ -303,9 +304,8 @@ def accept_invitation(
     if invitation is None or invitation.status != "pending":
         event("failure", "unknown_token" if invitation is None else invitation.status)
         raise RecordedFailure(
-            "invitation_invalid",
+            TenancyCode.INVITATION_INVALID,
             "This invitation is not valid: it was used, replaced or revoked, or it expired. Ask to be invited again.",
-            404,
         )
 
     def refuse(reason: str) -> RecordedFailure:
@@ -317,9 +317,8 @@ def accept_invitation(
         )
         event("failure", reason + ("; invitation void" if voided else ""))
         return RecordedFailure(
-            "invalid_credentials",
+            TenancyCode.INVALID_CREDENTIALS,
             "The password or code is not correct, or the invitation is no longer valid.",
-            401,
         )
 
     user = User.objects.filter(email_hash=invitation.account_hash).first()
@@ -331,7 +330,9 @@ def accept_invitation(
             validate_password(password, user)
         except ValidationError as exc:
             raise ApiError(
-                "invalid_request", "Choose a stronger password.", 400, {"password": list(exc.messages)}
+                TenancyCode.INVALID_REQUEST,
+                "Choose a stronger password.",
+                fields={"password": list(exc.messages)},
             ) from None
         if user is None:
             user = User(email_hash=invitation.account_hash)
@@ -344,10 +345,9 @@ def accept_invitation(
             if not totp_code:
                 event("challenge", "mfa_required")
                 raise RecordedFailure(
-                    "mfa_required",
+                    TenancyCode.MFA_REQUIRED,
                     "Enter the code from your authenticator app.",
-                    401,
-                    {"totp": ["Required."]},
+                    fields={"totp": ["Required."]},
                 )
             if not verify_totp(user, totp_code):
                 raise refuse("bad_totp")
@@ -356,7 +356,7 @@ def accept_invitation(
     if Membership.objects.filter(user=user).exists():
         Invitation.objects.filter(pk=invitation.pk).update(revoked_at=now)
         event("failure", "already_member", user.pk)
-        raise RecordedFailure("already_member", "You are already a member of this organization.", 409)
+        raise RecordedFailure(TenancyCode.ALREADY_MEMBER, "You are already a member of this organization.")
     membership = Membership(
         org_id=org.id,
         user=user,
@@ -631,7 +631,9 @@ def revoke_token(token: ApiToken) -> None:
 
 def begin_totp_enrollment(*, user: User, org: Organization, membership: Membership) -> dict:
     if user.totp_confirmed:
-        raise ApiError("mfa_already_enrolled", "An authenticator is already enrolled; remove it first.", 409)
+        raise ApiError(
+            TenancyCode.MFA_ALREADY_ENROLLED, "An authenticator is already enrolled; remove it first."
+        )
     secret = pyotp.random_base32()
     User.objects.filter(pk=user.pk).update(totp_secret=secret, totp_last_counter=0)
     uri = pyotp.TOTP(secret).provisioning_uri(
@@ -672,7 +674,7 @@ def _mfa_event(
 
 def _invalid_code() -> RecordedFailure:
     return RecordedFailure(
-        "invalid_code", "The code is not valid.", 400, {"code": ["The code is not valid."]}
+        TenancyCode.INVALID_CODE, "The code is not valid.", fields={"code": ["The code is not valid."]}
     )
 
 
@@ -683,9 +685,9 @@ def confirm_totp_enrollment(
     lockout: the person was just shown the secret, so there is nothing to guess."""
     user.refresh_from_db()
     if user.totp_confirmed:
-        raise ApiError("mfa_already_enrolled", "An authenticator is already enrolled.", 409)
+        raise ApiError(TenancyCode.MFA_ALREADY_ENROLLED, "An authenticator is already enrolled.")
     if not user.totp_secret:
-        raise ApiError("mfa_not_started", "Start enrollment first.", 409)
+        raise ApiError(TenancyCode.MFA_NOT_STARTED, "Start enrollment first.")
     if not verify_totp(user, code):
         _mfa_event(
             "failure",
@@ -726,12 +728,11 @@ def remove_totp(
             reason="removal_required_by_organization",
         )
         raise RecordedFailure(
-            "mfa_required_by_organization",
+            TenancyCode.MFA_REQUIRED_BY_ORGANIZATION,
             "An organization you are a member of requires MFA, so the authenticator cannot be removed.",
-            409,
         )
     if not user.totp_confirmed:
-        raise ApiError("mfa_not_enrolled", "No authenticator is enrolled.", 409)
+        raise ApiError(TenancyCode.MFA_NOT_ENROLLED, "No authenticator is enrolled.")
     if not verify_totp(user, code):
         locked = _register_failure(membership, request_id, source_ip)
         _mfa_event(
@@ -766,20 +767,20 @@ def check_purpose(role: str, requested: str | None) -> str:
     if not requested.strip():
         # Sent but empty: a client that meant to state a purpose and lost it, not one that left it to the role.
         raise ApiError(
-            "invalid_purpose",
+            TenancyCode.INVALID_PURPOSE,
             "X-Purpose-Of-Use is empty: send one of the purposes, or leave the header out for your role's usual one.",
-            400,
-            {"X-Purpose-Of-Use": [f"Choose one of {', '.join(PurposeOfUse.values)}."]},
+            fields={"X-Purpose-Of-Use": [f"Choose one of {', '.join(PurposeOfUse.values)}."]},
         )
     if requested not in PurposeOfUse.values:
         raise ApiError(
-            "invalid_purpose",
+            TenancyCode.INVALID_PURPOSE,
             f"Unknown purpose of use {requested[:40]!r}.",
-            400,
-            {"X-Purpose-Of-Use": [f"Choose one of {', '.join(PurposeOfUse.values)}."]},
+            fields={"X-Purpose-Of-Use": [f"Choose one of {', '.join(PurposeOfUse.values)}."]},
         )
     if requested not in allowed:
-        raise ApiError("purpose_not_permitted", f"Your role may not act for the purpose {requested}.", 403)
+        raise ApiError(
+            TenancyCode.PURPOSE_NOT_PERMITTED, f"Your role may not act for the purpose {requested}."
+        )
     return requested
 
 
@@ -790,11 +791,13 @@ def check_purpose(role: str, requested: str | None) -> str:
 def change_role(*, membership: Membership, role: str, actor: User) -> Membership:
     if role not in Role.values:
         raise ApiError(
-            "invalid_role", "Unknown role.", 400, {"role": [f"Choose one of {', '.join(Role.values)}."]}
+            TenancyCode.INVALID_ROLE,
+            "Unknown role.",
+            fields={"role": [f"Choose one of {', '.join(Role.values)}."]},
         )
     if membership.user_id == actor.pk and role != Role.ORG_ADMIN:
         raise ApiError(
-            "cannot_demote_self", "An administrator cannot remove their own administrator role.", 409
+            TenancyCode.CANNOT_DEMOTE_SELF, "An administrator cannot remove their own administrator role."
         )
     before = membership.role
     membership.role = role

@@ -33,7 +33,7 @@ from .authentication import (
     request_user,
     source_ip,
 )
-from .errors import ApiError, error_body, json_error
+from .errors import ApiError, TenancyCode, error_body, json_error
 from .models import Invitation, Membership, Organization, User
 from .permissions import IsOrgAdmin
 from .schema import error_responses
@@ -65,7 +65,7 @@ class BrandingView(TenantAPIView):
 def csrf_view(request: HttpRequest) -> JsonResponse:
     """Hands the portal its CSRF token (also set as the csrftoken cookie)."""
     if request.method not in ("GET", "HEAD"):
-        response = json_error("method_not_allowed", f'Method "{request.method}" not allowed.', 405)
+        response = json_error(TenancyCode.METHOD_NOT_ALLOWED, f'Method "{request.method}" not allowed.')
         response["Allow"] = "GET, HEAD"
         return response
     return JsonResponse({"csrf_token": get_token(request)})
@@ -95,11 +95,13 @@ class _SignInBase(TenantAPIView):
         # Returned, not raised: a raised error would roll back the failure count and lockout.
         if result.error == "mfa_required":
             body = error_body(
-                "mfa_required", "Enter the code from your authenticator app.", {"totp": ["Required."]}
+                TenancyCode.MFA_REQUIRED,
+                "Enter the code from your authenticator app.",
+                {"totp": ["Required."]},
             )
         else:
             body = error_body(
-                "invalid_credentials",
+                TenancyCode.INVALID_CREDENTIALS,
                 "The email, password or code is not correct, or the account is temporarily locked.",
             )
         return Response(body, status=status.HTTP_401_UNAUTHORIZED)
@@ -166,9 +168,8 @@ class TokenView(_SignInBase):
             return result
         if result.mfa_enrollment_required:
             raise ApiError(
-                "mfa_enrollment_required",
+                TenancyCode.MFA_ENROLLMENT_REQUIRED,
                 "This organization requires MFA: enroll an authenticator in the portal before using API tokens.",
-                403,
             )
         assert result.membership is not None
         raw, token = services.issue_api_token(membership=result.membership)
@@ -316,7 +317,7 @@ def get_membership_for_user(request: Request, membership_id: uuid.UUID) -> Membe
     """The membership, if it is in this organization (RLS confines the query); otherwise 404."""
     membership = Membership.objects.filter(pk=membership_id).first()
     if membership is None:
-        raise ApiError("not_found", "Not found.", 404)
+        raise ApiError(TenancyCode.NOT_FOUND, "Not found.")
     return membership
 
 
@@ -383,7 +384,7 @@ class InvitationDetailView(TenantAPIView):
     def delete(self, request: Request, invitation_id: uuid.UUID) -> Response:
         invitation = Invitation.objects.filter(pk=invitation_id).first()  # this organization's only (RLS)
         if invitation is None:
-            raise ApiError("not_found", "Not found.", 404)
+            raise ApiError(TenancyCode.NOT_FOUND, "Not found.")
         services.revoke_invitation(invitation=invitation)
         return Response(status=status.HTTP_204_NO_CONTENT)
 

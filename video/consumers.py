@@ -26,6 +26,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from redis.exceptions import RedisError
 
 from . import liveness, services
+from .errors import SignallingCode
 from .session import ParticipantState, get_store
 
 RELAYED = {"offer", "answer", "candidate", "ice_restart"}
@@ -35,8 +36,8 @@ INVALID_REQUEST = 4400  # a malformed query string: nothing was looked up or red
 INTERNAL_ERROR = 4500  # a bug: the socket is closed cleanly and the participant dropped (it may resume)
 CONFLICT = 4409  # the participant is another connection's: already_active, or this one was evicted
 EVICTIONS = {
-    "taken_over": "This visit moved to another window.",  # takeover=1
-    "replaced": "This visit continues on another connection.",  # resumed elsewhere while this socket was open
+    SignallingCode.TAKEN_OVER: "This visit moved to another window.",  # takeover=1
+    SignallingCode.REPLACED: "This visit continues on another connection.",  # resumed elsewhere meanwhile
 }
 
 logger = logging.getLogger(__name__)
@@ -87,15 +88,11 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
             "video signalling unavailable for encounter %s: %s: %s", encounter, type(exc).__name__, exc
         )
         with contextlib.suppress(Exception):  # the client may be gone already
-            await self.send_json(
-                {
-                    "type": "error",
-                    "seq": 0,
-                    "code": "signalling_unavailable",
-                    "message": "Video signalling is temporarily unavailable; reconnecting shortly.",
-                }
+            await self.refuse(
+                SignallingCode.SIGNALLING_UNAVAILABLE,
+                "Video signalling is temporarily unavailable; reconnecting shortly.",
+                SIGNALLING_UNAVAILABLE,
             )
-            await self.close(code=SIGNALLING_UNAVAILABLE)
         if self.joined and self.participation is not None and self.participant is not None:
             # Redis cannot hold the drop (nor run its grace period), so the timeline records the
             # interruption; the encounter itself is untouched and the participants join again afterwards.
@@ -112,10 +109,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
 
     async def internal_error(self) -> None:
         with contextlib.suppress(Exception):  # the client may be gone already
-            await self.send_json(
-                {"type": "error", "seq": 0, "code": "internal_error", "message": "Something went wrong."}
-            )
-            await self.close(code=INTERNAL_ERROR)
+            await self.refuse(SignallingCode.INTERNAL_ERROR, "Something went wrong.", INTERNAL_ERROR)
         if not self.dropped:
             # The drop, with its grace period, as for any lost socket: the client may resume.
             try:
@@ -143,7 +137,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
             return
         self.participant = await database_sync_to_async(services.authenticate)(self.scope)
         if self.participant is None:
-            await self.refuse("not_authenticated", "Sign in first.", 4401)
+            await self.refuse(SignallingCode.NOT_AUTHENTICATED, "Sign in first.", 4401)
             return
         try:
             self.participation = await database_sync_to_async(services.participation)(
@@ -153,7 +147,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
             await database_sync_to_async(services.record)(
                 self.participant, None, "join", self.encounter_id, outcome="denied"
             )
-            await self.refuse("not_found", "Not found.", 4404)
+            await self.refuse(SignallingCode.NOT_FOUND, "Not found.", 4404)
             return
         self.user = str(self.participant.user_id)
         store = get_store()
@@ -168,27 +162,29 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
                 await database_sync_to_async(services.record)(
                     self.participant, self.participation, "resume", self.encounter_id, outcome="denied"
                 )
-                await self.refuse("resume_rejected", "That resume token is not valid for you here.", 4401)
+                await self.refuse(
+                    SignallingCode.RESUME_REJECTED, "That resume token is not valid for you here.", 4401
+                )
                 return
             resumed = True
         if mine is not None and mine.status == "connected":
             if resumed:
                 # The token's holder is the participant: the socket it resumes from may still look open here
                 # (a half-open TCP connection), and it must not go on receiving the stream beside this one.
-                eviction = "replaced"
+                eviction = SignallingCode.REPLACED
             elif request.takeover:
-                eviction = "taken_over"
+                eviction = SignallingCode.TAKEN_OVER
                 await store.revoke_tokens(self.encounter_id, self.user)
             else:
                 await self.refuse(
-                    "already_active",
+                    SignallingCode.ALREADY_ACTIVE,
                     "This visit is open in another window; connect with takeover=1 to move it here.",
                     CONFLICT,
                 )
                 return
             await self.channel_layer.group_send(
                 _user_group(self.encounter_id, self.user),
-                {"type": "video.evict", "keep": self.connection_id, "code": eviction},
+                {"type": "video.evict", "keep": self.connection_id, "code": eviction.value},
             )
         admitted = (
             self.participation.admitted
@@ -218,7 +214,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
         if resumed:
             missed = await store.since(self.encounter_id, self.user, request.last_seq)
             if missed is None:
-                await self.refuse("resume_expired", "Too much was missed: join again.", 4410)
+                await self.refuse(SignallingCode.RESUME_EXPIRED, "Too much was missed: join again.", 4410)
                 return
             self.sent = request.last_seq
         else:
@@ -269,8 +265,8 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
             message["turn"] = turn_for(self.user)
         await self.deliver(self.user, message)
 
-    async def refuse(self, code: str, message: str, close_code: int) -> None:
-        await self.send_json({"type": "error", "seq": 0, "code": code, "message": message})
+    async def refuse(self, code: SignallingCode, message: str, close_code: int) -> None:
+        await self.send_json({"type": "error", "seq": 0, "code": code.value, "message": message})
         await self.close(code=close_code)
 
     # -- delivery: every server message goes through the participant's numbered stream ------------
@@ -300,7 +296,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
             if me is not None and me.connection not in ("", self.connection_id):
                 # Another connection holds the participant and this socket missed its eviction notice. A record
                 # without a connection (dropped by a sweeper, left, denied) still lets the last messages out.
-                await self.evicted("replaced")
+                await self.evicted(SignallingCode.REPLACED)
                 return 0
             messages = await store.since(self.encounter_id, self.user, self.sent) or []
             for message in messages:
@@ -321,13 +317,14 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
 
     async def video_evict(self, event) -> None:
         if event.get("keep") != self.connection_id:
-            await self.evicted(event.get("code", "taken_over"))
+            code = event.get("code", SignallingCode.TAKEN_OVER.value)
+            await self.evicted(SignallingCode(code))  # type: ignore[call-arg]  # a lookup by value
 
-    async def evicted(self, code: str) -> None:
+    async def evicted(self, code: SignallingCode) -> None:
         if self.participation is None:
             return
         self.participation = None  # this connection no longer speaks for the user, nor receives the stream
-        await self.send_json({"type": "error", "seq": 0, "code": code, "message": EVICTIONS[code]})
+        await self.send_json({"type": "error", "seq": 0, "code": code.value, "message": EVICTIONS[code]})
         await self.close(code=CONFLICT)
 
     async def video_close(self, event) -> None:
@@ -374,17 +371,17 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
                 self.participant, self.encounter_id
             )
         except services.NotFound:
-            await self.refuse("not_found", "Not found.", 4404)
+            await self.refuse(SignallingCode.NOT_FOUND, "Not found.", 4404)
             return
         store = get_store()
         participants = await store.get_participants(self.encounter_id)
         me = participants.get(self.user)
         if me is None or me.connection != self.connection_id:
-            await self.refuse("taken_over", "This visit moved to another window.", CONFLICT)
+            await self.refuse(SignallingCode.TAKEN_OVER, "This visit moved to another window.", CONFLICT)
             return
         if kind in RELAYED:
             if not me.admitted:
-                await self.error("not_admitted", "Wait to be admitted.")
+                await self.error(SignallingCode.NOT_ADMITTED, "Wait to be admitted.")
                 return
             for p in participants.values():
                 if p.user_id != self.user and p.admitted and p.status != "left":
@@ -396,12 +393,14 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
             return
         if kind == "end":
             if self.participation.role != "practitioner":
-                await self.error("not_permitted", "Only the practitioner ends the visit.")
+                await self.error(SignallingCode.NOT_PERMITTED, "Only the practitioner ends the visit.")
                 return
             try:
                 status = await database_sync_to_async(services.end)(self.participant, self.participation)
             except Exception:
-                await self.error("invalid_state", "The visit cannot be ended in its current state.")
+                await self.error(
+                    SignallingCode.INVALID_STATE, "The visit cannot be ended in its current state."
+                )
                 return
             await self.broadcast({"type": "ended", "encounter": {"id": self.encounter_id, "status": status}})
             return
@@ -421,16 +420,16 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
             self.participation = None
             await self.close(code=1000)
             return
-        await self.error("unknown_type", f"Unknown message type {kind[:40]!r}.")
+        await self.error(SignallingCode.UNKNOWN_TYPE, f"Unknown message type {kind[:40]!r}.")
 
     async def admit_or_deny(self, kind: str, content: dict, participants: dict) -> None:
         assert self.participation is not None and self.participant is not None
         if self.participation.role != "practitioner":
-            await self.error("not_permitted", "Only the practitioner admits or denies.")
+            await self.error(SignallingCode.NOT_PERMITTED, "Only the practitioner admits or denies.")
             return
         target = participants.get(str(content.get("user", "")))
         if target is None or target.role != "patient":
-            await self.error("not_found", "No such patient in the waiting room.")
+            await self.error(SignallingCode.NOT_FOUND, "No such patient in the waiting room.")
             return
         store = get_store()
         if kind == "deny":
@@ -459,8 +458,8 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
         )
         await self.broadcast({"type": "state", "encounter": {"id": self.encounter_id, "status": status}})
 
-    async def error(self, code: str, message: str) -> None:
-        await self.deliver(self.user, {"type": "error", "code": code, "message": message})
+    async def error(self, code: SignallingCode, message: str) -> None:
+        await self.deliver(self.user, {"type": "error", "code": code.value, "message": message})
 
     # -- dropping ------------------------------------------------------------------------------------
 

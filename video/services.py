@@ -19,6 +19,8 @@ from tenancy.models import Membership, Organization, PurposeOfUse, Role
 from tenancy.services import get_organization
 from tenancy.sockets import member_for_socket
 
+from .errors import SignallingCode
+
 
 @dataclass(frozen=True)
 class Participant:
@@ -56,7 +58,9 @@ class NotFound(Exception):
 class Refused(Exception):
     """A frame or a connection request the protocol does not accept: `code` and `message` go to the client."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: SignallingCode, message: str) -> None:
+        if not isinstance(code, SignallingCode):
+            raise TypeError(f"a signalling refusal needs a SignallingCode, not {code!r}")
         super().__init__(message)
         self.code = code
         self.message = message
@@ -91,10 +95,12 @@ def _too_nested(text: str) -> bool:
 def parse_message(text: str | None) -> dict:
     """A client's frame as a message (a JSON object with a string `type`), or Refused."""
     if text is None:
-        raise Refused("invalid_message", "Signalling messages are JSON text frames.")
+        raise Refused(SignallingCode.INVALID_MESSAGE, "Signalling messages are JSON text frames.")
     if len(text) > MAX_MESSAGE_BYTES:
-        raise Refused("message_too_large", f"A signalling message is at most {MAX_MESSAGE_BYTES} bytes.")
-    invalid = Refused("invalid_message", "Each message is a JSON object with a type.")
+        raise Refused(
+            SignallingCode.MESSAGE_TOO_LARGE, f"A signalling message is at most {MAX_MESSAGE_BYTES} bytes."
+        )
+    invalid = Refused(SignallingCode.INVALID_MESSAGE, "Each message is a JSON object with a type.")
     if _too_nested(text):
         raise invalid
     try:
@@ -122,10 +128,10 @@ def connect_request(query_string: bytes) -> ConnectRequest:
         text = query_string.decode("ascii")  # a browser percent-encodes anything else
         query = {k: v[-1] for k, v in parse_qs(text, keep_blank_values=True, errors="strict").items()}
     except (UnicodeDecodeError, ValueError):
-        raise Refused("invalid_request", "The query string is not valid.") from None
+        raise Refused(SignallingCode.INVALID_REQUEST, "The query string is not valid.") from None
     last_seq = query.get("last_seq", "0")
     if not _LAST_SEQ.fullmatch(last_seq):
-        raise Refused("invalid_request", "last_seq is the highest seq received: a whole number.")
+        raise Refused(SignallingCode.INVALID_REQUEST, "last_seq is the highest seq received: a whole number.")
     return ConnectRequest(
         resume=query.get("resume") or None, last_seq=int(last_seq), takeover=query.get("takeover") == "1"
     )

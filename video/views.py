@@ -20,11 +20,12 @@ from clinic import services
 from clinic.models import Encounter
 from tenancy.api import PURPOSE_HEADER, TenantAPIView, uuid_param
 from tenancy.context import ANONYMOUS, tenant_context
-from tenancy.errors import ApiError, json_error
+from tenancy.errors import ApiError, TenancyCode, json_error
 from tenancy.models import PurposeOfUse, Role
 from tenancy.permissions import HasRole
 from tenancy.services import get_organization
 
+from .errors import VideoCode
 from .turn import TurnUnavailable, turn_credentials
 
 
@@ -69,20 +70,20 @@ class TurnCredentialsView(TenantAPIView):
         if membership.role == Role.PRACTITIONER:
             # A colleague may see the encounter (care team) without being in the call.
             if encounter.practitioner_id != membership.pk:
-                raise ApiError("not_found", "Not found.", 404)
+                raise ApiError(TenancyCode.NOT_FOUND, "Not found.")
         else:
             if encounter.patient_id not in services.own_patient_ids():
-                raise ApiError("not_found", "Not found.", 404)
+                raise ApiError(TenancyCode.NOT_FOUND, "Not found.")
             if encounter.admitted_at is None and encounter.status != Encounter.Status.IN_PROGRESS:
                 raise ApiError(
-                    "not_admitted", "The practitioner has not admitted you from the waiting room yet.", 403
+                    VideoCode.NOT_ADMITTED, "The practitioner has not admitted you from the waiting room yet."
                 )
         if encounter.status in CLOSED:
-            raise ApiError("encounter_closed", f"This encounter is {encounter.status}.", 409)
+            raise ApiError(VideoCode.ENCOUNTER_CLOSED, f"This encounter is {encounter.status}.")
         try:
             credentials = turn_credentials(request.user.pk)
         except TurnUnavailable:
-            raise ApiError("turn_unavailable", "No TURN server is configured.", 503) from None
+            raise ApiError(VideoCode.TURN_UNAVAILABLE, "No TURN server is configured.") from None
         services.record_phi_access(
             action="turn_credentials",
             resource="Encounter",
@@ -105,12 +106,12 @@ def visit_page(request: HttpRequest, encounter_id: uuid.UUID) -> HttpResponse:
     """
     if request.method not in ("GET", "HEAD"):
         # The API's error shape, with Allow, as every other 405 (tenancy.strict).
-        refused = json_error("method_not_allowed", f"Method {request.method} is not allowed here.", 405)
+        refused = json_error(TenancyCode.METHOD_NOT_ALLOWED, f"Method {request.method} is not allowed here.")
         refused["Allow"] = "GET, HEAD"
         return refused
     org_id = getattr(request, "org_id", None)
     if org_id is None:
-        return json_error("unknown_host", "No organization is served at this host.", 404)
+        return json_error(TenancyCode.UNKNOWN_HOST, "No organization is served at this host.")
     with tenant_context(org_id=org_id, role=ANONYMOUS):
         branding = get_organization(org_id).branding
     response = render(request, "video/visit.html", {"branding": branding, "encounter_id": str(encounter_id)})

@@ -7,9 +7,10 @@ from datetime import timedelta
 
 from django.db import IntegrityError, transaction
 
-from tenancy.errors import ApiError
+from tenancy.errors import ApiError, TenancyCode
 from tenancy.models import Membership, PurposeOfUse, Role
 
+from ..errors import ClinicCode
 from ..models import (
     BreakGlass,
 )
@@ -35,20 +36,18 @@ def open_break_glass(
     """Emergency access to a patient outside the care relationship: stated reason, time box, own event."""
     require_purpose(PurposeOfUse.EMERGENCY)
     if actor.role != Role.PRACTITIONER:
-        raise ApiError("not_permitted", "Only practitioners may break the glass.", 403)
+        raise ApiError(TenancyCode.NOT_PERMITTED, "Only practitioners may break the glass.")
     if visible_length(reason or "") < 10:
         raise ApiError(
-            "reason_required",
+            ClinicCode.REASON_REQUIRED,
             "State the emergency (at least 10 characters).",
-            400,
-            {"reason": ["A reason of at least 10 characters is required."]},
+            fields={"reason": ["A reason of at least 10 characters is required."]},
         )
     if not 1 <= minutes <= BREAK_GLASS_MAX_MINUTES:
         raise ApiError(
-            "invalid_duration",
+            ClinicCode.INVALID_DURATION,
             f"Between 1 and {BREAK_GLASS_MAX_MINUTES} minutes.",
-            400,
-            {"minutes": [f"Between 1 and {BREAK_GLASS_MAX_MINUTES}."]},
+            fields={"minutes": [f"Between 1 and {BREAK_GLASS_MAX_MINUTES}."]},
         )
     now = _now()
     grant = BreakGlass(
@@ -72,7 +71,7 @@ def open_break_glass(
 @transaction.atomic
 def close_break_glass(*, grant: BreakGlass, actor: Membership) -> BreakGlass:
     if grant.closed_at is not None:
-        raise ApiError("already_closed", "This break-glass access is already closed.", 409)
+        raise ApiError(ClinicCode.ALREADY_CLOSED, "This break-glass access is already closed.")
     with recorded_write(grant, resource="BreakGlass", action="break_glass_close"):
         grant.closed_at = _now()
         grant.save(update_fields=["closed_at"])

@@ -10,6 +10,7 @@ from django.db.models import Q
 from tenancy.errors import ApiError
 from tenancy.models import Membership, Role
 
+from ..errors import ClinicCode
 from ..models import (
     CareTeamMember,
     Patient,
@@ -28,10 +29,9 @@ def assign_care_team(
 ) -> CareTeamMember:
     if practitioner.role != Role.PRACTITIONER:
         raise ApiError(
-            "not_a_practitioner",
+            ClinicCode.NOT_A_PRACTITIONER,
             "Only practitioners join a care team.",
-            400,
-            {"practitioner": ["This member is not a practitioner."]},
+            fields={"practitioner": ["This member is not a practitioner."]},
         )
     now = _now()
     _check_period_end(until, now)
@@ -42,7 +42,7 @@ def assign_care_team(
     )
     if existing is not None:
         raise ApiError(
-            "already_on_care_team", "This practitioner is already on the patient's care team.", 409
+            ClinicCode.ALREADY_ON_CARE_TEAM, "This practitioner is already on the patient's care team."
         )
     member = CareTeamMember(
         org_id=patient.org_id,
@@ -62,7 +62,7 @@ def assign_care_team(
 def end_care_team(*, member: CareTeamMember, actor: Membership) -> CareTeamMember:
     now = _now()
     if member.period_end is not None and member.period_end <= now:
-        raise ApiError("already_ended", "This care team assignment has already ended.", 409)
+        raise ApiError(ClinicCode.ALREADY_ENDED, "This care team assignment has already ended.")
     with recorded_write(member, resource="CareTeamMember"):
         member.period_end = now
         member.save(update_fields=["period_end"])

@@ -24,10 +24,11 @@ from django.db.models import Model
 from django.utils import timezone
 
 from tenancy.context import TenantContext, current
-from tenancy.errors import ApiError
+from tenancy.errors import ApiError, TenancyCode
 from tenancy.events import Actor, PhiAccess, PhiPageRead, publish
 from tenancy.models import Membership
 
+from ..errors import ClinicCode
 from ..models import Patient
 
 logger = logging.getLogger("clinic.phi")
@@ -176,7 +177,7 @@ def visible_length(text: str) -> int:
 
 
 def _not_found() -> ApiError:
-    return ApiError("not_found", "Not found.", 404)
+    return ApiError(TenancyCode.NOT_FOUND, "Not found.")
 
 
 def _now() -> datetime:
@@ -190,7 +191,9 @@ def get_member_for_user(membership_id: uuid.UUID, role: str | None = None) -> Me
     member = query.first()
     if member is None:
         raise ApiError(
-            "not_found", "No such member in this organization.", 404, {"practitioner": ["Not found."]}
+            TenancyCode.NOT_FOUND,
+            "No such member in this organization.",
+            fields={"practitioner": ["Not found."]},
         )
     return member
 
@@ -199,9 +202,8 @@ def require_purpose(*allowed: str) -> None:
     ctx = current()
     if ctx is None or ctx.purpose not in allowed:
         raise ApiError(
-            "purpose_not_permitted",
+            TenancyCode.PURPOSE_NOT_PERMITTED,
             f"This action needs purpose of use {' or '.join(allowed)} (X-Purpose-Of-Use).",
-            403,
         )
 
 
@@ -209,8 +211,7 @@ def _check_period_end(until: datetime | None, now: datetime) -> None:
     """A period starts now, so its end is later than now (the database also refuses an end before a start)."""
     if until is not None and until <= now:
         raise ApiError(
-            "invalid_period",
+            ClinicCode.INVALID_PERIOD,
             "The end of the period must be in the future.",
-            400,
-            {"until": ["Must be later than now."]},
+            fields={"until": ["Must be later than now."]},
         )

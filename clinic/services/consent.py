@@ -7,9 +7,10 @@ from datetime import datetime
 
 from django.db import transaction
 
-from tenancy.errors import ApiError
+from tenancy.errors import ApiError, TenancyCode
 from tenancy.models import Membership
 
+from ..errors import ClinicCode
 from ..models import (
     Consent,
     ConsentEvent,
@@ -39,10 +40,9 @@ def grant_consent(
     """Grant, or re-grant after a withdrawal; the history keeps every step."""
     if purpose not in Consent.Purpose.values:
         raise ApiError(
-            "invalid_purpose",
+            TenancyCode.INVALID_PURPOSE,
             "Unknown consent purpose.",
-            400,
-            {"purpose": [f"Choose one of {', '.join(Consent.Purpose.values)}."]},
+            fields={"purpose": [f"Choose one of {', '.join(Consent.Purpose.values)}."]},
         )
     now = _now()
     _check_period_end(until, now)
@@ -51,7 +51,7 @@ def grant_consent(
     if consent is None:
         consent = Consent(org_id=patient.org_id, patient=patient, purpose=purpose)
     elif consent.status == Consent.Status.ACTIVE:
-        raise ApiError("already_active", "This consent is already active.", 409)
+        raise ApiError(ClinicCode.ALREADY_ACTIVE, "This consent is already active.")
     else:
         step = "regrant" if consent.status == Consent.Status.WITHDRAWN else "grant"
     with recorded_write(consent, resource="Consent", detail={"step": step}):
@@ -73,7 +73,7 @@ def grant_consent(
 @transaction.atomic
 def withdraw_consent(*, consent: Consent, actor: Membership, note: str = "") -> Consent:
     if consent.status != Consent.Status.ACTIVE:
-        raise ApiError("not_active", "Only an active consent can be withdrawn.", 409)
+        raise ApiError(ClinicCode.NOT_ACTIVE, "Only an active consent can be withdrawn.")
     now = _now()
     with recorded_write(consent, resource="Consent", detail={"step": "withdraw"}):
         consent.status, consent.period_end, consent.updated_at = Consent.Status.WITHDRAWN, now, now

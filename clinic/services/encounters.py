@@ -11,9 +11,10 @@ from datetime import datetime
 from django.db import transaction
 
 from tenancy.context import current
-from tenancy.errors import ApiError
+from tenancy.errors import ApiError, TenancyCode
 from tenancy.models import Membership, Role
 
+from ..errors import ClinicCode
 from ..models import (
     Encounter,
     EncounterEvent,
@@ -84,13 +85,12 @@ def schedule_encounter(
 ) -> Encounter:
     if practitioner.role != Role.PRACTITIONER:
         raise ApiError(
-            "not_a_practitioner",
+            ClinicCode.NOT_A_PRACTITIONER,
             "Encounters are with a practitioner.",
-            400,
-            {"practitioner": ["This member is not a practitioner."]},
+            fields={"practitioner": ["This member is not a practitioner."]},
         )
     if actor.role == Role.PRACTITIONER and practitioner.pk != actor.pk:
-        raise ApiError("not_permitted", "Practitioners schedule their own encounters.", 403)
+        raise ApiError(TenancyCode.NOT_PERMITTED, "Practitioners schedule their own encounters.")
     encounter = Encounter(
         org_id=patient.org_id,
         patient=patient,
@@ -111,10 +111,9 @@ def check_visit_window(encounter: Encounter, now: datetime) -> None:
     opens, closes = encounter.scheduled_at - VISIT_OPENS_BEFORE, encounter.scheduled_at + VISIT_CLOSES_AFTER
     if not opens <= now < closes:
         raise ApiError(
-            "outside_visit_window",
+            ClinicCode.OUTSIDE_VISIT_WINDOW,
             f"This visit can be checked in or started from {opens.isoformat()} until {closes.isoformat()}.",
-            409,
-            {"scheduled_at": ["The visit is not open now."]},
+            fields={"scheduled_at": ["The visit is not open now."]},
         )
 
 
@@ -122,23 +121,22 @@ def check_visit_window(encounter: Encounter, now: datetime) -> None:
 def transition_encounter(*, encounter: Encounter, action: str, actor: Membership) -> Encounter:
     """arrive, admit, start, end, cancel: validated against the encounter's state and the actor's role."""
     if action not in TRANSITIONS:
-        raise ApiError("unknown_action", f"Unknown encounter action {action!r}.", 404)
+        raise ApiError(ClinicCode.UNKNOWN_ACTION, f"Unknown encounter action {action!r}.")
     sources, target = TRANSITIONS[action]
     if actor.role not in ACTORS[action]:
-        raise ApiError("not_permitted", f"Your role cannot {action} an encounter.", 403)
+        raise ApiError(TenancyCode.NOT_PERMITTED, f"Your role cannot {action} an encounter.")
     if actor.role == Role.PRACTITIONER and encounter.practitioner_id != actor.pk:
-        raise ApiError("not_permitted", "Only the encounter's practitioner can do this.", 403)
+        raise ApiError(TenancyCode.NOT_PERMITTED, "Only the encounter's practitioner can do this.")
     # The row lock needs the right to update the row; a caller who may see but not change it was refused above.
     locked = Encounter.objects.select_for_update().filter(pk=encounter.pk).first()
     if locked is None:
-        raise ApiError("not_permitted", f"You cannot {action} this encounter.", 403)
+        raise ApiError(TenancyCode.NOT_PERMITTED, f"You cannot {action} this encounter.")
     encounter = locked
     if encounter.status not in sources:
         raise ApiError(
-            "invalid_transition",
+            ClinicCode.INVALID_TRANSITION,
             f"Cannot {action} an encounter that is {encounter.status}.",
-            409,
-            {"status": [f"Allowed from: {', '.join(sorted(sources))}."]},
+            fields={"status": [f"Allowed from: {', '.join(sorted(sources))}."]},
         )
     now = _now()
     ctx = current()

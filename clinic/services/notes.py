@@ -6,9 +6,10 @@ import uuid
 
 from django.db import transaction
 
-from tenancy.errors import ApiError
+from tenancy.errors import ApiError, TenancyCode
 from tenancy.models import Membership, Role
 
+from ..errors import ClinicCode
 from ..models import (
     ClinicalNote,
     Encounter,
@@ -31,13 +32,12 @@ def notes_of(encounter: Encounter):
 @transaction.atomic
 def create_note(*, encounter: Encounter, body: str, author: Membership) -> ClinicalNote:
     if author.role != Role.PRACTITIONER:
-        raise ApiError("not_permitted", "Only practitioners write clinical notes.", 403)
+        raise ApiError(TenancyCode.NOT_PERMITTED, "Only practitioners write clinical notes.")
     if encounter.status in (S.CANCELLED, S.PLANNED):
         raise ApiError(
-            "invalid_state",
+            ClinicCode.INVALID_STATE,
             f"No note on a {encounter.status} encounter.",
-            409,
-            {"encounter": [f"The encounter is {encounter.status}."]},
+            fields={"encounter": [f"The encounter is {encounter.status}."]},
         )
     note = ClinicalNote(
         org_id=encounter.org_id,
@@ -54,9 +54,9 @@ def create_note(*, encounter: Encounter, body: str, author: Membership) -> Clini
 @transaction.atomic
 def update_draft_note(*, note: ClinicalNote, body: str, author: Membership) -> ClinicalNote:
     if note.status != ClinicalNote.Status.DRAFT:
-        raise ApiError("note_signed", "A signed note cannot be edited; amend it instead.", 409)
+        raise ApiError(ClinicCode.NOTE_SIGNED, "A signed note cannot be edited; amend it instead.")
     if note.author_id != author.pk:
-        raise ApiError("not_permitted", "Only the author edits a draft.", 403)
+        raise ApiError(TenancyCode.NOT_PERMITTED, "Only the author edits a draft.")
     with recorded_write(note, resource="ClinicalNote"):
         note.body = body
         note.save(update_fields=["body"])
@@ -66,9 +66,9 @@ def update_draft_note(*, note: ClinicalNote, body: str, author: Membership) -> C
 @transaction.atomic
 def sign_note(*, note: ClinicalNote, actor: Membership) -> ClinicalNote:
     if note.status == ClinicalNote.Status.SIGNED:
-        raise ApiError("already_signed", "This note is already signed.", 409)
+        raise ApiError(ClinicCode.ALREADY_SIGNED, "This note is already signed.")
     if note.author_id != actor.pk:
-        raise ApiError("not_permitted", "Only the author signs a note.", 403)
+        raise ApiError(TenancyCode.NOT_PERMITTED, "Only the author signs a note.")
     with recorded_write(note, resource="ClinicalNote", detail={"step": "sign"}):
         note.status, note.signed_at = ClinicalNote.Status.SIGNED, _now()
         note.save(update_fields=["status", "signed_at"])
@@ -84,9 +84,11 @@ def sign_note(*, note: ClinicalNote, actor: Membership) -> ClinicalNote:
 def amend_note(*, note: ClinicalNote, body: str, actor: Membership) -> ClinicalNote:
     """A signed note stays as it was; the amendment is a new draft version that points at it."""
     if note.status != ClinicalNote.Status.SIGNED:
-        raise ApiError("not_signed", "Only a signed note is amended; edit the draft instead.", 409)
+        raise ApiError(ClinicCode.NOT_SIGNED, "Only a signed note is amended; edit the draft instead.")
     if ClinicalNote.objects.filter(amends=note).exists():
-        raise ApiError("already_amended", "This version has already been amended; amend the newest one.", 409)
+        raise ApiError(
+            ClinicCode.ALREADY_AMENDED, "This version has already been amended; amend the newest one."
+        )
     amendment = ClinicalNote(
         org_id=note.org_id,
         encounter_id=note.encounter_id,

@@ -9,9 +9,10 @@ import uuid
 from django.db import IntegrityError, transaction
 
 from tenancy.context import current
-from tenancy.errors import ApiError
+from tenancy.errors import ApiError, TenancyCode
 from tenancy.models import Membership, Role
 
+from ..errors import ClinicCode
 from ..models import (
     Patient,
 )
@@ -58,11 +59,10 @@ def search_patients(*, email: str = "", health_card_number: str = ""):
 def _duplicate_patient() -> ApiError:
     # The same answer whether or not the caller may see the existing patient: that one exists is all it says.
     return ApiError(
-        "duplicate_patient",
+        ClinicCode.DUPLICATE_PATIENT,
         "A patient with this health card number is already registered in this clinic. If they are in your "
         "care, ask the front desk to add you to their care team.",
-        409,
-        {"health_card_number": ["Already registered."]},
+        fields={"health_card_number": ["Already registered."]},
     )
 
 
@@ -85,7 +85,7 @@ HEALTH_CARD_CONSTRAINT = "clinic_patient_one_per_health_card"
 def register_patient(*, actor: Membership, data: dict) -> Patient:
     org_id = current().org_id  # type: ignore[union-attr]
     if org_id is None:
-        raise ApiError("unknown_host", "No organization is served at this host.", 404)
+        raise ApiError(TenancyCode.UNKNOWN_HOST, "No organization is served at this host.")
     patient = Patient(org_id=org_id, **{k: v for k, v in data.items() if k in PATIENT_FIELDS})
     with recorded_write(patient, resource="Patient"):
         _save_patient(patient, force_insert=True)
@@ -98,10 +98,9 @@ def update_patient(*, patient: Patient, actor: Membership, data: dict) -> Patien
     refused = sorted(set(data) - set(allowed))
     if refused:
         raise ApiError(
-            "field_not_permitted",
+            ClinicCode.FIELD_NOT_PERMITTED,
             "Some fields cannot be changed by you.",
-            403,
-            {name: ["You may not change this field."] for name in refused},
+            fields={name: ["You may not change this field."] for name in refused},
         )
     with recorded_write(patient, resource="Patient"):
         for name, value in data.items():

@@ -339,9 +339,9 @@ def test_a_handled_error_rolls_back_the_requests_transaction_but_an_auth_failure
     from rest_framework.exceptions import AuthenticationFailed, ValidationError
 
     from tenancy.authentication import SessionExpired
-    from tenancy.errors import ApiError, api_exception_handler
+    from tenancy.errors import ApiError, TenancyCode, api_exception_handler
 
-    for exc in (ValidationError({"x": ["bad"]}), ApiError("conflict", "No.", 409)):
+    for exc in (ValidationError({"x": ["bad"]}), ApiError(TenancyCode.CONFLICT, "No.")):
         with transaction.atomic():
             assert api_exception_handler(exc, {}).status_code in (400, 409)
             assert connection.needs_rollback
