@@ -3,8 +3,8 @@ server on loopback, as the tester ran them: what the server answers on the wire 
 handshake, a close frame and its code), not only what the ASGI application does
 (tests/video/test_signalling_attacks.py has the rest).
 
-uvicorn trusts X-Forwarded-Proto from 127.0.0.1 by default (as `make cluster` configures it behind nginx), so
-the scheme a TLS-terminating proxy reports is the one the Origin is compared with.
+The server trusts X-Forwarded-Proto from 127.0.0.1 (TRUSTED_PROXIES, as `make cluster` configures it for nginx),
+so the scheme a TLS-terminating proxy reports is the one the Origin is compared with.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ pytestmark = pytest.mark.django_db(transaction=False)
 @pytest.fixture(scope="module")
 def port(tmp_path_factory):
     with uvicorn_server(
-        tmp_path_factory.mktemp("uvicorn-attacks") / "server.log", {}, drop=("REDIS_URL",)
+        tmp_path_factory.mktemp("uvicorn-attacks") / "server.log",
+        {"TRUSTED_PROXIES": "127.0.0.1"},
+        drop=("REDIS_URL",),
     ) as p:
         yield p
 
