@@ -34,6 +34,8 @@ MAX_MESSAGE_BYTES = services.MAX_MESSAGE_BYTES
 SIGNALLING_UNAVAILABLE = 4503  # Redis unreachable: try again shortly (the client reconnects with backoff)
 INVALID_REQUEST = 4400  # a malformed query string: nothing was looked up or redeemed
 INTERNAL_ERROR = 4500  # a bug: the socket is closed cleanly and the participant dropped (it may resume)
+# A resume token outlives any visit (12 h, the visit window's end); what bounds a resume is within_grace.
+RESUME_TOKEN_SECONDS = 12 * 3600
 CONFLICT = 4409  # the participant is another connection's: already_active, or this one was evicted
 EVICTIONS = {
     SignallingCode.TAKEN_OVER: "This visit moved to another window.",  # takeover=1
@@ -158,7 +160,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
             # Redeemed only by the user and encounter it was issued for: anyone else's presentation is refused
             # without using it up (video/session.py).
             claims = await store.redeem_token(request.resume, user=self.user, encounter=self.encounter_id)
-            if claims is None:
+            if claims is None or not await within_grace(store, mine):
                 await database_sync_to_async(services.record)(
                     self.participant, self.participation, "resume", self.encounter_id, outcome="denied"
                 )
@@ -239,7 +241,9 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
         store = get_store()
         token = await store.issue_token(
             {"user": self.user, "encounter": self.encounter_id, "connection": self.connection_id},
-            ttl=services.grace_seconds(),
+            # Kept while its holder is connected, however long the visit: within_grace bounds the resume by
+            # the drop's grace period, which counts from the drop, not from this welcome.
+            ttl=RESUME_TOKEN_SECONDS,
         )
         participants = await store.get_participants(self.encounter_id)
         me = participants[self.user]
@@ -505,6 +509,14 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
             exclude_self=True,
         )
         asyncio.get_running_loop().create_task(watch_grace(self.channel_layer, drop, due))
+
+
+async def within_grace(store, me: ParticipantState | None) -> bool:
+    """A resume comes from a participant still connected (a half-open socket) or dropped less than the grace
+    period ago; one who left, or was dropped for longer, joins afresh."""
+    if me is None or me.status == "left":
+        return False
+    return me.status == "connected" or await store.now() <= me.dropped_at + services.grace_seconds()
 
 
 async def watch_grace(layer, drop: str, due: float) -> None:

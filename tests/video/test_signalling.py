@@ -189,6 +189,38 @@ async def test_a_dropped_participant_resumes_and_gets_what_it_missed(call):
     assert (await receive_until(again, "error"))["code"] == "resume_rejected"
 
 
+async def test_a_participant_connected_longer_than_the_grace_period_still_resumes_after_a_drop(call, settings):
+    """The grace period counts from the drop, not from the join: a patient ten minutes into a visit whose
+    network goes resumes like one who joined a second ago (the token lives while its holder is connected)."""
+    settings.VIDEO_GRACE_SECONDS = 1
+    doctor, _ = await joined(call, "doctor")
+    patient, pwelcome = await joined(call, "patient")
+    await receive_until(doctor, "waiting")
+    await doctor.send_json_to({"type": "admit", "user": call["patient"]})
+    admitted = await receive_until(patient, "admitted")
+    await asyncio.sleep(1.5)  # connected for longer than the grace period
+    await patient.disconnect()
+    await receive_until(doctor, "presence")
+    back = socket(call, "patient", query=f"resume={pwelcome['resume_token']}&last_seq={admitted['seq']}")
+    await back.connect()
+    assert (await receive_until(back, "welcome"))["resumed"] is True
+    assert (await receive_until(doctor, "restart_ice"))["user"] == call["patient"]
+
+
+async def test_a_resume_after_the_grace_period_is_refused(call, settings):
+    settings.VIDEO_GRACE_SECONDS = 0.5
+    doctor, _ = await joined(call, "doctor")
+    patient, pwelcome = await joined(call, "patient")
+    await receive_until(doctor, "waiting")
+    await patient.disconnect()
+    await receive_until(doctor, "presence")
+    await asyncio.sleep(1.0)
+    back = socket(call, "patient", query=f"resume={pwelcome['resume_token']}&last_seq=0")
+    await back.connect()
+    # Refused either way: the grace period's end closed the visit (not_found), or the token is past it.
+    assert (await receive_until(back, "error"))["code"] in {"not_found", "resume_rejected"}
+
+
 async def test_a_resume_token_stolen_by_another_user_is_refused(call):
     _, welcome = await joined(call, "doctor")
     thief = socket(call, "patient", query=f"resume={welcome['resume_token']}&last_seq=0")
