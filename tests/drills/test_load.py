@@ -16,6 +16,13 @@ locust recorded) stay under `.bench/load/<run>/`; the exports are deleted once c
     LOAD_MINUTES=1 LOAD_MINUTES_ONE=1 TEST_DATABASE_NAME=load_dev .venv/bin/python -m devstack test \\
         tests/drills/test_load.py -m drill -q -p no:randomly -s
 
+LOAD_PROFILE=<seconds> also records each worker with py-spy for that long, from a minute into the run (after the
+sign-in stampede), and keeps a flame graph (`flame-<worker>.svg`) and its collapsed stacks (`flame-<worker>.txt`,
+for grep and sort) under `.bench/load/<run>/`:
+
+    LOAD_PROFILE=60 LOAD_MINUTES=2 LOAD_MINUTES_ONE=2 TEST_DATABASE_NAME=load_dev .venv/bin/python -m devstack \
+        test tests/drills/test_load.py -m drill -q -p no:randomly -s
+
 LOAD_USERS (default 60) and LOAD_SPAWN_RATE (default 2 per second: a faster stampede of sign-ins, each an Argon2
 hash inside a pooled transaction, outlasts PgBouncer's 10 s query_wait_timeout on one worker) set the
 closed-loop users; LOAD_THINK (default 0.5) scales their wait times (tests/load/locustfile.py).
@@ -62,6 +69,8 @@ MINUTES_ONE = float(os.environ.get("LOAD_MINUTES_ONE", "4"))
 MINUTES_TWO = float(os.environ.get("LOAD_MINUTES", "10"))
 # Half the locustfile's think times: closed-loop users that keep a worker busy (tests/load/locustfile.py).
 THINK = os.environ.get("LOAD_THINK", "0.5")
+PROFILE_SECONDS = int(os.environ.get("LOAD_PROFILE", "0"))
+PROFILE_AFTER = 60.0
 SAMPLE_SECONDS = 5.0
 DRAIN_TIMEOUT = 300.0
 VKEY = re.compile(r"^[^+\s]+\+[0-9a-f]{8}\+[A-Za-z0-9+/]+=*$")
@@ -248,6 +257,9 @@ def run_locust(cluster: Cluster, run: Run, accounts_file: Path) -> Sampler:
     with (run.directory / "locust.log").open("wb") as log:
         process = subprocess.Popen(args, env=env, cwd=run.directory, stdout=log, stderr=subprocess.STDOUT)
         sampler = Sampler(cluster, process.pid).start()
+        profiler = threading.Thread(target=profile_workers, args=(cluster, run), daemon=True)
+        if PROFILE_SECONDS:
+            profiler.start()
         try:
             run.locust_returncode = process.wait(timeout=run.minutes * 60 + 300)
         finally:
@@ -255,7 +267,45 @@ def run_locust(cluster: Cluster, run: Run, accounts_file: Path) -> Sampler:
                 process.kill()
                 process.wait()
             sampler.stop()
+            if profiler.is_alive():
+                profiler.join(timeout=PROFILE_SECONDS + 120)
     return sampler
+
+
+def profile_workers(cluster: Cluster, run: Run) -> None:
+    """py-spy on every worker at once for PROFILE_SECONDS, once the sign-ins are over: a flame graph and the
+    collapsed stacks per worker under the run's directory (LOAD_PROFILE; the module's docstring). Two samplers
+    per worker, both --nonblocking (they read its memory without stopping it, so they do not contend)."""
+    time.sleep(PROFILE_AFTER)
+    recorders = []
+    for name, service in cluster.services.items():
+        if not name.startswith("worker") or not service.pid:
+            continue
+        for kind, suffix in (("flamegraph", "svg"), ("raw", "txt")):
+            out = run.directory / f"flame-{name}.{suffix}"
+            command = [
+                str(Path(PYTHON).with_name("py-spy")),
+                "record",
+                "--pid",
+                str(service.pid),
+                "--subprocesses",
+            ]
+            command += [
+                "--duration",
+                str(PROFILE_SECONDS),
+                "--rate",
+                "50",
+                "--nonblocking",
+                "--format",
+                kind,
+                "--output",
+                str(out),
+            ]
+            recorders.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    for recorder in recorders:
+        _, err = recorder.communicate(timeout=PROFILE_SECONDS + 60)
+        if recorder.returncode != 0:
+            run.problems.append(f"py-spy failed: {err.decode(errors='replace')[-300:]}")
 
 
 def wait_for_drain(cluster: Cluster) -> float:
