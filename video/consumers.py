@@ -381,7 +381,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
         participants = await store.get_participants(self.encounter_id)
         me = participants.get(self.user)
         if me is None or me.connection != self.connection_id:
-            await self.refuse(SignallingCode.TAKEN_OVER, "This visit moved to another window.", CONFLICT)
+            await self.refuse(SignallingCode.TAKEN_OVER, EVICTIONS[SignallingCode.TAKEN_OVER], CONFLICT)
             return
         if kind in RELAYED:
             if not me.admitted:
