@@ -339,6 +339,17 @@ def cmd_pytest(args: list[str], dbname: str) -> int:
         pg.stop()
 
 
+def cmd_bench(args: list[str], dbname: str) -> int:
+    """`make bench`: the benchmarks under tests/bench (or the files named), against a fresh test database. The
+    clinic-day load test's short bench run (tests/bench/test_load.py) starts clusters of its own; it needs
+    Debian's pgbouncer, nginx and redis-server, and is skipped without them. Every figure goes to
+    .bench/<name>.json with its goal beside it, and .bench/summary.json lists issue 13's figures."""
+    paths = [arg for arg in args if not arg.startswith("-") and (ROOT / arg.split("::")[0]).exists()]
+    return cmd_pytest(
+        [*([] if paths else ["tests/bench"]), "-p", "no:randomly", "-m", "bench", *args], dbname
+    )
+
+
 # The tenant isolation suite: what `make drills` runs a second time with the workers' connections going through
 # PgBouncer in transaction mode, where one server connection serves many requests in turn.
 ISOLATION_SUITE = [
@@ -423,7 +434,7 @@ def main(argv: list[str]) -> int:
     if command == "drills":
         return cmd_drills(rest, os.environ.get("TEST_DATABASE_NAME", "telemed_drills"))
     if command == "bench":
-        return cmd_pytest(["tests/bench", "-p", "no:randomly", "-m", "bench", *rest], "telemed_bench")
+        return cmd_bench(rest, os.environ.get("TEST_DATABASE_NAME", "telemed_bench"))
     print(f"unknown command {command!r}", file=sys.stderr)
     return 2
 

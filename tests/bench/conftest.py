@@ -4,11 +4,13 @@ Every benchmark module sets `pytestmark = pytest.mark.bench`. Unless the `-m` ex
 tests under tests/bench/ (and anything else marked `bench`) are deselected, not skipped, so the normal suite
 shows no skip lines for them, only a "deselected" count. To run one benchmark by hand:
 `python -m devstack test tests/bench/test_tenant_scope.py -m bench`.
-At the end of a session the tables the benchmarks reported (tests/bench/reporting.py) are printed.
+At the end of a session the tables the benchmarks reported (tests/bench/reporting.py) are printed, then the
+summary of issue 13's figures with their goals (also written to `.bench/summary.json`).
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,9 @@ import pytest
 from tests.bench import reporting
 
 HERE = Path(__file__).resolve().parent
+# Files measured before this (an earlier session's) are marked so in the summary. Whole seconds, as the
+# files' measured_at.
+SESSION_STARTED = datetime.now(UTC).replace(microsecond=0)
 
 
 def _is_bench(item: pytest.Item) -> bool:
@@ -38,3 +43,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     for table in reporting.tables:
         terminalreporter.write_line(table)
         terminalreporter.write_line("")
+    _, summary = reporting.write_summary(since=SESSION_STARTED)
+    terminalreporter.write_line(summary)
