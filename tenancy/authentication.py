@@ -17,7 +17,7 @@ from rest_framework.request import Request
 
 from .errors import TenancyCode
 from .models import ApiToken, Membership, Organization, User
-from .services import find_live_token, record_auth_event
+from .services import find_live_token, idle_touch_seconds, record_auth_event
 
 SESSION_ORG = "tm_org"
 SESSION_LAST_SEEN = "tm_last_seen"
@@ -170,7 +170,7 @@ class OrgSessionAuthentication(authentication.SessionAuthentication):
             django_logout(django_request)
             raise SessionRevoked()
         enforce_csrf(request)
-        if now - last_seen > 15:
+        if now - last_seen > idle_touch_seconds(org.idle_timeout_minutes):
             session[SESSION_LAST_SEEN] = now
         return user, AuthInfo(
             membership=membership, method="session", mfa_pending=bool(session.get(SESSION_MFA_PENDING))

@@ -88,22 +88,60 @@ def require_context(model: object = None, using: str = "default") -> TenantConte
 
 
 def apply(ctx: TenantContext, using: str = "default") -> None:
-    """Hand the context to the database for the current transaction, in one round trip."""
+    """Hand the context to the database for the current transaction.
+
+    It travels with the transaction's next statement, in the same round trip (psycopg's pipeline mode), so a
+    request pays no round trip of its own for it; `deactivate` and the end of `tenant_context` drop a hand-off
+    no statement has carried yet, so it never outlives its block.
+    """
     connection = connections[using]
     if not connection.in_atomic_block:
         raise NoTenantContext("a tenant context is transaction-local: open a transaction first")
-    _set_config(connection, [CONTEXT_SETTING, ctx.signed(), REQUEST_ID_SETTING, ctx.request_id])
+    pairs = [CONTEXT_SETTING, ctx.signed(), REQUEST_ID_SETTING, ctx.request_id]
+    if _with_pending_context not in connection.execute_wrappers:
+        # First in the list, so the outermost wrapper: Django's execute_wrapper() blocks pop the last one.
+        connection.execute_wrappers.insert(0, _with_pending_context)
+    connection._tenancy_pending = pairs  # type: ignore[attr-defined]  # ours, on Django's connection
+
+
+def _drop_pending(using: str) -> None:
+    connections[using]._tenancy_pending = None  # type: ignore[attr-defined]
+
+
+def _with_pending_context(execute, sql, params, many, context):
+    """Django execute wrapper: a pending hand-off goes out in the same round trip as this statement."""
+    connection = context["connection"]
+    pairs = getattr(connection, "_tenancy_pending", None)
+    if pairs is None:
+        return execute(sql, params, many, context)
+    connection._tenancy_pending = None
+    cursor = getattr(context["cursor"], "cursor", None)
+    # Pipeline mode takes one plain statement: several statements in one string, executemany and named
+    # (server-side) cursors get the hand-off in a round trip of its own first.
+    plain = isinstance(cursor, psycopg.Cursor) and not isinstance(cursor, psycopg.ServerCursor)
+    if many or ";" in sql or not plain:
+        _set_config(connection, pairs)
+        return execute(sql, params, many, context)
+    raw = connection.connection
+    with connection.wrap_database_errors, psycopg.Cursor(raw) as hand_off, raw.pipeline():
+        hand_off.execute(_set_config_sql(pairs), pairs)
+        result = execute(sql, params, many, context)
+    return result
+
+
+def _set_config_sql(pairs: list[str]) -> str:
+    return "SELECT " + ", ".join(["set_config(%s, %s, true)"] * (len(pairs) // 2))
 
 
 def _set_config(connection, pairs: list[str]) -> None:
     """set_config with the values bound server-side: Django binds client-side by default, which would put the
     signed context in the query text that every session of the runtime role can read in pg_stat_activity."""
+    connection._tenancy_pending = None  # this one replaces any hand-off still waiting for a statement
     connection.ensure_connection()
-    calls = ", ".join(["set_config(%s, %s, true)"] * (len(pairs) // 2))
     # A raw cursor's errors are psycopg's own: wrapped, a lost connection is Django's OperationalError (an
     # outage the API answers 503 database_unavailable) and marks the connection for replacement.
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(f"SELECT {calls}", pairs)
+        cursor.execute(_set_config_sql(pairs), pairs)
 
 
 def activate(ctx: TenantContext, using: str = "default") -> contextvars.Token:
@@ -120,6 +158,7 @@ def deactivate(token: contextvars.Token, using: str = "default", outer_blocks: i
     context, so nothing after this block runs with the inner one.
     """
     _current.reset(token)
+    _drop_pending(using)
     _restore_outer(using, outer_blocks)
 
 
@@ -156,6 +195,7 @@ def tenant_context(
             yield ctx
         finally:
             _current.reset(token)
+            _drop_pending(using)
     # Nested in a longer transaction, the setting would outlive this block: restore the outer one.
     _restore_outer(using, outer_blocks=0)
 

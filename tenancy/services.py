@@ -616,9 +616,16 @@ def find_live_token(raw: str, org: Organization) -> ApiToken | None:
         return None
     if token.last_used_at + timedelta(minutes=org.idle_timeout_minutes) <= now:
         return None
-    if (now - token.last_used_at).total_seconds() > 30:
+    if (now - token.last_used_at).total_seconds() > idle_touch_seconds(org.idle_timeout_minutes):
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
     return token
+
+
+def idle_touch_seconds(idle_timeout_minutes: int) -> float:
+    """How stale the last-seen time of a token or session may get before a request writes it again: once a
+    minute at most (a write per request cost more than the read it guards), and never more than a quarter of
+    the idle timeout, so a client active more often than that is never signed out for idling."""
+    return min(60.0, idle_timeout_minutes * 15.0)
 
 
 def revoke_token(token: ApiToken) -> None:

@@ -342,3 +342,47 @@ def test_another_session_cannot_copy_the_signed_context_from_pg_stat_activity(cl
             future.result()
     assert any("set_config" in text for text in texts), texts
     assert not any("v1|" in text for text in texts), "a signed context is readable in pg_stat_activity"
+
+
+# -- the hand-off's cost ---------------------------------------------------------------------------------------
+
+
+def round_trips(trace: str) -> int:
+    """Client messages that wait for the server: a simple Query, or the Sync closing extended-protocol work."""
+    return sum(
+        1 for line in trace.splitlines() if "\tF\t" in line and ("\tQuery\t" in line or "\tSync" in line)
+    )
+
+
+def test_the_context_travels_in_the_same_round_trip_as_the_transaction_s_first_statement(alpha, tmp_path):
+    from tenancy.context import activate, deactivate
+
+    trace = tmp_path / "libpq.trace"
+    with transaction.atomic():
+        connection.ensure_connection()
+        pgconn = connection.connection.pgconn
+        with open(trace, "w") as sink:
+            pgconn.trace(sink.fileno())
+            token = activate(TenantContext(org_id=alpha.org.id, role="staff"))
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT public.app_org_id(), public.app_role()")
+                    seen = cursor.fetchone()
+                    pgconn.untrace()
+            finally:
+                deactivate(token, outer_blocks=len(connection.atomic_blocks))
+    assert seen == (alpha.org.id, "staff")  # the statement ran under the context it travelled with
+    assert round_trips(trace.read_text()) == 1, trace.read_text()
+
+
+def test_a_context_no_statement_carried_does_not_outlive_its_block(alpha):
+    """Opened and closed with no statement in between (a view that answered without touching the database):
+    the next statement, outside it, must not carry it."""
+    from tenancy.context import activate, deactivate
+
+    with transaction.atomic():
+        token = activate(TenantContext(org_id=alpha.org.id, role="staff"))
+        deactivate(token, outer_blocks=len(connection.atomic_blocks))
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT nullif(current_setting('app.context', true), '')")
+            assert cursor.fetchone() == (None,)
