@@ -105,6 +105,34 @@ def test_a_signed_context_edited_to_another_org_is_refused(clinics, raw_runtime,
                 raw_runtime.execute("SELECT count(*) FROM tenancy_membership")
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        "SELECT * FROM public.app_context()",
+        "SELECT public.clinic_treatable_patients()",
+        "SELECT public.clinic_chart_patients()",
+        "SELECT * FROM public.clinic_visits()",
+        "SELECT public.clinic_own_patients()",
+        "SELECT public.clinic_my_membership()",
+    ],
+)
+def test_the_whole_context_accessor_and_the_policy_helpers_refuse_a_tampered_context(
+    clinics, raw_runtime, alpha, beta, call
+):
+    """app_context() (one verification for the helpers, issue 13) checks the signature like the four accessors,
+    and so does every policy helper that reads it: called straight from SQL, a forgery is an error."""
+    genuine = signed_for(alpha.org.id, role="practitioner")
+    with raw_runtime.transaction():
+        raw_runtime.execute("SELECT set_config('app.context', %s, true)", [genuine])
+        raw_runtime.execute(call).fetchall()  # a genuine context answers
+    tampered = genuine.replace(str(alpha.org.id), str(beta.org.id))
+    with raw_runtime.transaction():
+        raw_runtime.execute("SELECT set_config('app.context', %s, true)", [tampered])
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="signature"):
+            with raw_runtime.transaction():
+                raw_runtime.execute(call).fetchall()
+
+
 def test_an_expired_context_is_refused(clinics, raw_runtime, alpha):
     with raw_runtime.transaction():
         raw_runtime.execute(
