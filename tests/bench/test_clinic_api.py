@@ -375,10 +375,12 @@ def resolve(dotted: str) -> object | None:
 
 
 @contextmanager
-def phase_timers(monkeypatch) -> Iterator[tuple[dict[str, int], list[str]]]:
-    """Time spent per phase (ns), and the PHASES entries that could not be wrapped ("owner.attribute")."""
+def phase_timers(monkeypatch) -> Iterator[tuple[dict[str, int], list[str], set[str]]]:
+    """Time spent per phase (ns), the PHASES entries that could not be wrapped ("owner.attribute"), and the
+    phases that were wrapped (one the requests never called is missing from the first)."""
     spent: dict[str, int] = defaultdict(int)
     absent: list[str] = []
+    wrapped: set[str] = set()
     nested: list[int] = []  # per open phase, the time its inner phases took
 
     def timed(function, phase):
@@ -406,21 +408,27 @@ def phase_timers(monkeypatch) -> Iterator[tuple[dict[str, int], list[str]]]:
                 original = getattr(owner, name, None)
             if isinstance(original, property) and original.fget is not None:
                 patch.setattr(owner, name, property(timed(original.fget, phase)))
+                wrapped.add(phase)
             elif callable(original):
                 patch.setattr(owner, name, timed(original, phase))
+                wrapped.add(phase)
             else:
                 absent.append(f"{dotted}.{name}")
-        yield spent, absent
+        yield spent, absent, wrapped
 
 
-def breakdown(variants: dict[str, Variant], ids: list, n_pages: int, monkeypatch) -> tuple[dict, list[str]]:
-    """Mean µs per request in each phase, and the rest ("other": middleware, DRF, Django, the test Client); and
-    the phases that could not be wrapped (absent)."""
+def breakdown(
+    variants: dict[str, Variant], ids: list, n_pages: int, monkeypatch
+) -> tuple[dict, list[str], list[str]]:
+    """Mean µs per request in each phase, and the rest ("other": middleware, DRF, Django, the test Client); the
+    PHASES entries that could not be wrapped (absent); and the phases wrapped that no full-stack request called
+    (their work moved elsewhere, e.g. into another phase's round trip)."""
     rng = random.Random(6)
     result = {}
     absent: set[str] = set()
+    not_called: set[str] = set()
     for name, variant in variants.items():
-        with phase_timers(monkeypatch) as (spent, missing):
+        with phase_timers(monkeypatch) as (spent, missing, wrapped):
             absent.update(missing)
             t0 = time.perf_counter_ns()
             for _ in range(BREAKDOWN_REQUESTS):
@@ -430,7 +438,11 @@ def breakdown(variants: dict[str, Variant], ids: list, n_pages: int, monkeypatch
         phases["other"] = round((total - sum(spent.values())) / BREAKDOWN_REQUESTS / 1000, 1)
         phases["total"] = round(total / BREAKDOWN_REQUESTS / 1000, 1)
         result[name] = phases
-    return result, sorted(absent)
+        if name.endswith(" full"):
+            not_called.update(wrapped - spent.keys())
+    # A phase one full-stack variant calls (the page query, on the list only) is not "not called".
+    called = {phase for name, split in result.items() if name.endswith(" full") for phase in split}
+    return result, sorted(absent), sorted(not_called - called)
 
 
 def test_patient_detail_and_list_full_stack_vs_plain_django(
@@ -516,7 +528,7 @@ def test_patient_detail_and_list_full_stack_vs_plain_django(
                     http_client.close()
             http_seconds = time.monotonic() - http_started
 
-            phases, absent_phases = breakdown(variants, ids, n_pages, monkeypatch)
+            phases, absent_phases, uncalled_phases = breakdown(variants, ids, n_pages, monkeypatch)
         finally:
             connection.close()
 
@@ -578,6 +590,7 @@ def test_patient_detail_and_list_full_stack_vs_plain_django(
             "http": http_section,
             "breakdown_mean_us": phases,
             "breakdown_absent_phases": absent_phases,
+            "breakdown_phases_not_called": uncalled_phases,
             "vault_calls_cold": {name: sorted(set(calls)) for name, calls in cold_calls.items()},
             "setup": {"seconds": bench_clinic["setup_seconds"], "generated": bench_clinic["generated"]},
         },
@@ -589,6 +602,8 @@ def test_patient_detail_and_list_full_stack_vs_plain_django(
     lines.append("  SQL queries per request: " + ", ".join(f"{k} {v}" for k, v in queries.items()))
     for name, split in phases.items():
         lines.append(f"  where {name} goes (mean µs): " + ", ".join(f"{k} {v:.0f}" for k, v in split.items()))
+    if uncalled_phases:
+        lines.append("  phases wrapped but not called by the full stack: " + ", ".join(uncalled_phases))
     if absent_phases:
         lines.append(
             "  phases absent from the breakdown (no longer in the code): " + ", ".join(absent_phases)
