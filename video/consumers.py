@@ -27,9 +27,12 @@ from redis.exceptions import RedisError
 
 from . import liveness, services
 from .errors import SignallingCode
+from .seat import Seat
 from .session import ParticipantState, get_store
 
 RELAYED = {"offer", "answer", "candidate", "ice_restart"}
+# The steps that change the visit: checked against the database every time, not on the seat's confirmation.
+CHECKED_EVERY_TIME = {"admit", "deny", "end", "leave"}
 MAX_MESSAGE_BYTES = services.MAX_MESSAGE_BYTES
 SIGNALLING_UNAVAILABLE = 4503  # Redis unreachable: try again shortly (the client reconnects with backoff)
 INVALID_REQUEST = 4400  # a malformed query string: nothing was looked up or redeemed
@@ -45,10 +48,7 @@ EVICTIONS = {
 logger = logging.getLogger(__name__)
 
 
-def _group(encounter: str) -> str:
-    return f"video.{encounter}"
-
-
+_group = liveness.encounter_group
 _user_group = liveness.user_group
 
 
@@ -66,6 +66,8 @@ def turn_for(user_id: str) -> dict | None:
 class SignalConsumer(AsyncJsonWebsocketConsumer):
     participant: services.Participant | None = None
     participation: services.Participation | None = None
+    seat: Seat | None = None  # the participation's confirmation, renewed within the bound (video/seat.py)
+    seat_refused = False  # told not_found: the participation was revoked
     joined = False  # welcomed into the call (not merely refused or still connecting)
     dropped = False  # disconnect() ran
 
@@ -141,6 +143,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
         if self.participant is None:
             await self.refuse(SignallingCode.NOT_AUTHENTICATED, "Sign in first.", 4401)
             return
+        checked_at = time.monotonic()
         try:
             self.participation = await database_sync_to_async(services.participation)(
                 self.participant, self.encounter_id
@@ -151,6 +154,9 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
             )
             await self.refuse(SignallingCode.NOT_FOUND, "Not found.", 4404)
             return
+        self.seat = Seat(
+            self.participant, self.encounter_id, self.participation, checked_at, on_revoked=self.seat_lost
+        )
         self.user = str(self.participant.user_id)
         store = get_store()
         participants = await store.get_participants(self.encounter_id)
@@ -331,6 +337,20 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "error", "seq": 0, "code": code.value, "message": EVICTIONS[code]})
         await self.close(code=CONFLICT)
 
+    async def video_seat(self, event) -> None:
+        """The encounter changed on the server's side (ended): the next message is checked against the
+        database, not on the seat's last confirmation."""
+        if self.seat is not None:
+            self.seat.invalidate()
+
+    async def seat_lost(self) -> None:
+        """The participation is gone (the encounter ended, the membership or the patient's record no longer
+        theirs): refused and closed, once, whether a message or the seat's renewal found it."""
+        if self.participation is None or self.seat_refused:
+            return
+        self.seat_refused = True  # the participation stays: closing drops the participant as before
+        await self.refuse(SignallingCode.NOT_FOUND, "Not found.", 4404)
+
     async def video_close(self, event) -> None:
         await self.close(code=event.get("code", 4000))
 
@@ -357,7 +377,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
         await self.receive_json(content, **kwargs)
 
     async def receive_json(self, content, **kwargs) -> None:
-        if self.participation is None or self.participant is None:
+        if self.participation is None or self.participant is None or self.seat_refused:
             return
         kind = content["type"]
         if kind == "ping":
@@ -369,13 +389,16 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
             return
         if kind == "ack":
             return
-        # Organization and encounter are checked again on every message: a participation revoked since stops here.
+        # Organization and encounter are checked again for every message: on a confirmation at most
+        # VIDEO_SEAT_CHECK_SECONDS old for a relayed one, against the database for a step that changes the visit.
+        assert self.seat is not None
         try:
-            self.participation = await database_sync_to_async(services.participation)(
-                self.participant, self.encounter_id
-            )
+            if kind in CHECKED_EVERY_TIME:
+                self.participation = await self.seat.check_now()
+            else:
+                self.participation = await self.seat.confirm()
         except services.NotFound:
-            await self.refuse(SignallingCode.NOT_FOUND, "Not found.", 4404)
+            await self.seat_lost()
             return
         store = get_store()
         participants = await store.get_participants(self.encounter_id)
@@ -407,6 +430,7 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
                 )
                 return
             await self.broadcast({"type": "ended", "encounter": {"id": self.encounter_id, "status": status}})
+            await self.channel_layer.group_send(_group(self.encounter_id), {"type": "video.seat"})
             return
         if kind == "leave":
             await store.put_participant(

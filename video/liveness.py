@@ -103,6 +103,10 @@ def catch_up_seconds() -> float:
     return float(getattr(settings, "VIDEO_CATCH_UP_SECONDS", 1))
 
 
+def encounter_group(encounter: str) -> str:
+    return f"video.{encounter}"
+
+
 def user_group(encounter: str, user: str) -> str:
     return f"video.{encounter}.{user}"
 
@@ -327,6 +331,8 @@ async def did_not_come_back(layer, org_id: str, encounter: str, user: str, dropp
         return False  # back in time (or left deliberately)
     flagged = await database_sync_to_async(services.grace_expired)(org_id, encounter, user, me.role)
     if flagged:
+        # The visit is over: every socket's seat (video/seat.py) is checked against the database again.
+        await layer.group_send(encounter_group(encounter), {"type": "video.seat"})
         message = {
             "type": "state",
             "documentation_required": True,

@@ -175,6 +175,10 @@ def participation(participant: Participant, encounter_id: str) -> Participation:
             raise NotFound()
         if encounter.status in ("finished", "cancelled"):
             raise NotFound()
+        # A deactivated membership ends the participation on either side (row policies cover the practitioner's
+        # reach, not a patient's own record).
+        if not Membership.objects.filter(pk=participant.membership_id, is_active=True).exists():
+            raise NotFound()
         practitioner_user = str(
             Membership.objects.filter(pk=encounter.practitioner_id).values_list("user_id", flat=True).first()
         )
