@@ -24,7 +24,7 @@ from django.db import connections
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from drf_spectacular.utils import OpenApiParameter, inline_serializer
-from rest_framework import serializers
+from rest_framework import exceptions, serializers
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -32,7 +32,9 @@ from rest_framework.views import APIView
 
 from . import services
 from .authentication import AuthInfo, request_org, request_user, source_ip
-from .context import ANONYMOUS, TenantContext, activate, deactivate
+from .context import ANONYMOUS, ContextRefused, TenantContext, activate, deactivate
+from .context import flush as context_flush
+from .context import pending as context_pending
 from .errors import ApiError, TenancyCode, json_error
 from .strict import StrictModelSerializer, StrictRequestMixin, StrictSerializer
 
@@ -101,6 +103,13 @@ class TenantAPIView(StrictRequestMixin, APIView):
         auth = request.auth
         if isinstance(auth, AuthInfo):
             purpose = services.check_purpose(auth.membership.role, request.headers.get("X-Purpose-Of-Use"))
+            # A token this worker already knew was not looked up: the database confirms it is still in force
+            # for this very context, in the round trip of the request's first statement.
+            checks = (
+                (services.token_in_force_check(auth.token),)
+                if auth.confirm_in_database and auth.token is not None
+                else ()
+            )
             self._push(
                 TenantContext(
                     org_id=org_id,
@@ -110,12 +119,38 @@ class TenantAPIView(StrictRequestMixin, APIView):
                     request_id=request_id,
                     source_ip=ip,
                     session=session_label(auth, django_request),
-                )
+                ),
+                checks,
             )
             request.purpose = purpose  # type: ignore[attr-defined]  # set here for views to read
 
-    def _push(self, ctx: TenantContext) -> None:
-        self._context_tokens.append(activate(ctx))
+    def _push(self, ctx: TenantContext, checks: tuple[tuple[str, list], ...] = ()) -> None:
+        self._context_tokens.append(activate(ctx, checks=checks))
+
+    def handle_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, ContextRefused):
+            exc = self._token_refused()
+        return super().handle_exception(exc)
+
+    def _token_refused(self) -> exceptions.AuthenticationFailed:
+        auth = getattr(self.request, "_auth", None)  # `auth` itself would authenticate a request not yet done
+        if isinstance(auth, AuthInfo) and auth.token is not None:
+            services.forget_token(auth.token.key_hash)
+        return exceptions.AuthenticationFailed(
+            "The token is invalid, expired or revoked.", code=TenancyCode.INVALID_TOKEN
+        )
+
+    def finalize_response(self, request: Request, response, *args, **kwargs):
+        # A view that made no statement has not had its known token confirmed yet: confirm it before answering.
+        auth = getattr(request, "_auth", None)  # `auth` itself would authenticate a request that failed before
+        unconfirmed = isinstance(auth, AuthInfo) and auth.confirm_in_database and context_pending()
+        answered = getattr(response, "status_code", 500) < 400 and not connections["default"].needs_rollback
+        if unconfirmed and answered:
+            try:
+                context_flush()
+            except ContextRefused:
+                response = super().handle_exception(self._token_refused())
+        return super().finalize_response(request, response, *args, **kwargs)
 
     def dispatch(self, request: HttpRequest, *args, **kwargs):
         if not connections["default"].in_atomic_block:

@@ -13,11 +13,12 @@ from typing import Any
 from django.contrib.auth import logout as django_logout
 from django.http import HttpRequest
 from rest_framework import authentication, exceptions
+from rest_framework.permissions import SAFE_METHODS
 from rest_framework.request import Request
 
 from .errors import TenancyCode
 from .models import ApiToken, Membership, Organization, User
-from .services import find_live_token, idle_touch_seconds, record_auth_event
+from .services import find_live_token, idle_touch_seconds, known_token, record_auth_event, remember_token
 
 SESSION_ORG = "tm_org"
 SESSION_LAST_SEEN = "tm_last_seen"
@@ -31,6 +32,8 @@ class AuthInfo:
     method: str  # "session" | "token"
     token: ApiToken | None = None
     mfa_pending: bool = False
+    # A token this worker already knew: the database confirms it with the request's first statement.
+    confirm_in_database: bool = False
 
 
 def source_ip(request: Any) -> str | None:
@@ -108,6 +111,14 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
             return None
         raw = raw.strip()
         org = request_org(request)
+        # Reads only: a write loads the token, its membership and user afresh (and remembers them again), so
+        # whatever a write decides from them (MFA enrolment, say) is never a minute old.
+        known = known_token(raw, org) if raw and request.method in SAFE_METHODS else None
+        if known is not None:
+            # No lookup: TenantAPIView sends tenancy_token_in_force() with the member's context instead.
+            return known.user, AuthInfo(
+                membership=known.membership, method="token", token=known, confirm_in_database=True
+            )
         token = find_live_token(raw, org) if raw else None
         if token is None:
             raise exceptions.AuthenticationFailed(
@@ -118,6 +129,7 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed(
                 "The token is invalid, expired or revoked.", code=TenancyCode.INVALID_TOKEN
             )
+        remember_token(token, org)
         return token.user, AuthInfo(membership=membership, method="token", token=token)
 
     def authenticate_header(self, request: Request) -> str:

@@ -87,21 +87,56 @@ def require_context(model: object = None, using: str = "default") -> TenantConte
     return ctx
 
 
-def apply(ctx: TenantContext, using: str = "default") -> None:
+class ContextRefused(Exception):
+    """A check sent with the context (a known bearer token's, `checks=` of `apply`) refused it: the database
+    found the credential no longer in force, and the transaction is lost."""
+
+
+REFUSED_SQLSTATE = "28000"  # invalid_authorization_specification, raised by tenancy_token_in_force()
+
+
+@dataclass(frozen=True)
+class _HandOff:
+    pairs: list[str]
+    checks: tuple[tuple[str, list], ...]
+
+
+def apply(ctx: TenantContext, using: str = "default", checks: tuple[tuple[str, list], ...] = ()) -> None:
     """Hand the context to the database for the current transaction.
 
     It travels with the transaction's next statement, in the same round trip (psycopg's pipeline mode), so a
     request pays no round trip of its own for it; `deactivate` and the end of `tenant_context` drop a hand-off
-    no statement has carried yet, so it never outlives its block.
+    no statement has carried yet, so it never outlives its block. `checks` are statements (SQL, parameters)
+    sent after it in the same round trip, which refuse the transaction (SQLSTATE 28000: `ContextRefused`)
+    when the credential behind the context is no longer in force; `flush` sends them when no statement does.
     """
     connection = connections[using]
     if not connection.in_atomic_block:
         raise NoTenantContext("a tenant context is transaction-local: open a transaction first")
     pairs = [CONTEXT_SETTING, ctx.signed(), REQUEST_ID_SETTING, ctx.request_id]
+    waiting = getattr(connection, "_tenancy_pending", None)
+    if waiting is not None and waiting.checks:
+        # A nested context before any statement: the checks still run, with the context they were made for.
+        connection._tenancy_pending = None  # type: ignore[attr-defined]
+        _send(connection, waiting, None)
     if _with_pending_context not in connection.execute_wrappers:
         # First in the list, so the outermost wrapper: Django's execute_wrapper() blocks pop the last one.
         connection.execute_wrappers.insert(0, _with_pending_context)
-    connection._tenancy_pending = pairs  # type: ignore[attr-defined]  # ours, on Django's connection
+    connection._tenancy_pending = _HandOff(pairs, tuple(checks))  # type: ignore[attr-defined]  # ours
+
+
+def pending(using: str = "default") -> bool:
+    """Whether a hand-off (and its checks) still waits for a statement to carry it."""
+    return getattr(connections[using], "_tenancy_pending", None) is not None
+
+
+def flush(using: str = "default") -> None:
+    """Send a waiting hand-off and its checks now, in one round trip (for a request that made no statement)."""
+    connection = connections[using]
+    hand_off = getattr(connection, "_tenancy_pending", None)
+    if hand_off is not None:
+        connection._tenancy_pending = None  # type: ignore[attr-defined]
+        _send(connection, hand_off, None)
 
 
 def _drop_pending(using: str) -> None:
@@ -111,8 +146,8 @@ def _drop_pending(using: str) -> None:
 def _with_pending_context(execute, sql, params, many, context):
     """Django execute wrapper: a pending hand-off goes out in the same round trip as this statement."""
     connection = context["connection"]
-    pairs = getattr(connection, "_tenancy_pending", None)
-    if pairs is None:
+    hand_off = getattr(connection, "_tenancy_pending", None)
+    if hand_off is None:
         return execute(sql, params, many, context)
     connection._tenancy_pending = None
     cursor = getattr(context["cursor"], "cursor", None)
@@ -120,12 +155,34 @@ def _with_pending_context(execute, sql, params, many, context):
     # (server-side) cursors get the hand-off in a round trip of its own first.
     plain = isinstance(cursor, psycopg.Cursor) and not isinstance(cursor, psycopg.ServerCursor)
     if many or ";" in sql or not plain:
-        _set_config(connection, pairs)
+        _send(connection, hand_off, None)
         return execute(sql, params, many, context)
+    return _send(connection, hand_off, lambda: execute(sql, params, many, context))
+
+
+def _send(connection, hand_off: _HandOff, statement):
+    """The hand-off, its checks and `statement` (if any) in one pipeline: one round trip. A refusal by a check
+    is ContextRefused; any other error is Django's, as from any statement (a lost connection is an outage)."""
+    connection.ensure_connection()
     raw = connection.connection
-    with connection.wrap_database_errors, psycopg.Cursor(raw) as hand_off, raw.pipeline():
-        hand_off.execute(_set_config_sql(pairs), pairs)
-        result = execute(sql, params, many, context)
+    result = None
+    try:
+        with psycopg.Cursor(raw) as cursor, raw.pipeline():
+            cursor.execute(_set_config_sql(hand_off.pairs), hand_off.pairs)
+            for sql, params in hand_off.checks:
+                cursor.execute(sql, params)
+            if statement is not None:
+                result = statement()
+    except Exception as exc:
+        cause = exc if isinstance(exc, psycopg.Error) else exc.__cause__
+        if isinstance(cause, psycopg.Error) and cause.sqlstate == REFUSED_SQLSTATE:
+            if connection.in_atomic_block:
+                connection.needs_rollback = True  # the database aborted the transaction; Django must know
+            raise ContextRefused(str(cause)) from cause
+        if isinstance(exc, psycopg.Error):
+            with connection.wrap_database_errors:
+                raise
+        raise
     return result
 
 
@@ -144,9 +201,11 @@ def _set_config(connection, pairs: list[str]) -> None:
         cursor.execute(_set_config_sql(pairs), pairs)
 
 
-def activate(ctx: TenantContext, using: str = "default") -> contextvars.Token:
-    """Set the context for the rest of the current transaction. Pair with `deactivate`."""
-    apply(ctx, using)
+def activate(
+    ctx: TenantContext, using: str = "default", checks: tuple[tuple[str, list], ...] = ()
+) -> contextvars.Token:
+    """Set the context for the rest of the current transaction (with `apply`'s checks). Pair with `deactivate`."""
+    apply(ctx, using, checks)
     return _current.set(ctx)
 
 

@@ -285,3 +285,38 @@ INVITATION_RULES = {
     "update": "(SELECT public.app_role()) IN ('org_admin', 'anonymous', 'platform')",
     "delete": "(SELECT public.app_role()) = 'platform'",
 }
+
+# The database's half of a bearer token a worker already knows (tenancy.services.known_token): sent in the same
+# round trip as the request's context and first statement, it refuses the whole transaction (SQLSTATE 28000)
+# unless the token is still in force for exactly the signed context's organization, user and role: unrevoked,
+# unexpired, not idle, its membership active with that role and not revoked by a lockout since the token was
+# issued, its user active. So a revocation on any worker, or straight in the database, stops the next request
+# on every worker, with no lookup of its own. It answers nothing (void) and reads only the context's own token.
+TOKEN_IN_FORCE_SQL = r"""
+CREATE OR REPLACE FUNCTION public.tenancy_token_in_force(token_hash text) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    ctx record;
+    in_force boolean;
+BEGIN
+    SELECT * INTO ctx FROM public.app_context();
+    SELECT true INTO in_force
+    FROM public.tenancy_apitoken t
+    JOIN public.tenancy_membership m ON m.id = t.membership_id AND m.org_id = t.org_id
+    JOIN public.tenancy_user u ON u.id = t.user_id
+    JOIN public.tenancy_organization o ON o.id = t.org_id
+    WHERE t.key_hash = token_hash AND t.org_id = ctx.org_id AND t.user_id = ctx.user_id
+      AND t.revoked_at IS NULL AND t.expires_at > clock_timestamp()
+      AND t.last_used_at + make_interval(mins => o.idle_timeout_minutes) > clock_timestamp()
+      AND m.is_active AND m.role = ctx.role AND u.is_active
+      AND (m.sessions_revoked_at IS NULL OR t.created_at > m.sessions_revoked_at);
+    IF in_force IS NULL THEN
+        RAISE EXCEPTION 'the bearer token is no longer in force'
+            USING ERRCODE = 'invalid_authorization_specification';
+    END IF;
+END
+$fn$;
+
+""" + owned_by_policy_role("public.tenancy_token_in_force(text)")
+
+DROP_TOKEN_IN_FORCE_SQL = "DROP FUNCTION IF EXISTS public.tenancy_token_in_force(text);"

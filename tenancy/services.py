@@ -6,6 +6,7 @@ Every function that touches tenant tables expects to run inside a tenant context
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import secrets
@@ -618,6 +619,7 @@ def find_live_token(raw: str, org: Organization) -> ApiToken | None:
         return None
     if (now - token.last_used_at).total_seconds() > idle_touch_seconds(org.idle_timeout_minutes):
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+        token.last_used_at = now
     return token
 
 
@@ -630,7 +632,56 @@ def idle_touch_seconds(idle_timeout_minutes: int) -> float:
 
 def revoke_token(token: ApiToken) -> None:
     require_context(ApiToken)
+    forget_token(token.key_hash)
     ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+# Bearer tokens this worker found in force, by hash: (token with its membership and user, organization id,
+# monotonic time until which no idle touch is due). A request with a known token skips the lookup; the
+# database still checks the token on that request, in the round trip of its first statement
+# (`token_in_force_check`), so a known token is never trusted for anything the database has not confirmed.
+_known_tokens: dict[str, tuple[ApiToken, uuid.UUID, float]] = {}
+KNOWN_TOKENS_MAX = 10_000
+
+
+def known_token(raw: str, org: Organization) -> ApiToken | None:
+    """A copy of the token this worker found in force for `org` less than an idle-touch interval ago, if any.
+    The caller must send `token_in_force_check(token)` with the request's context."""
+    if not raw.startswith(TOKEN_PREFIX) or len(raw) > 100:
+        return None
+    entry = _known_tokens.get(hash_token(raw))
+    if entry is None or entry[1] != org.id or entry[2] <= time.monotonic():
+        return None
+    token = copy.copy(entry[0])  # each request gets its own objects: views may change what they hold
+    token.membership = copy.copy(entry[0].membership)
+    token.user = copy.copy(entry[0].user)
+    return token
+
+
+def remember_token(token: ApiToken, org: Organization) -> None:
+    """Keep a token find_live_token has just found in force, until its next idle touch is due."""
+    left = (
+        idle_touch_seconds(org.idle_timeout_minutes) - (timezone.now() - token.last_used_at).total_seconds()
+    )
+    if left <= 0:
+        return
+    if len(_known_tokens) >= KNOWN_TOKENS_MAX:
+        _known_tokens.clear()
+    _known_tokens[token.key_hash] = (token, org.id, time.monotonic() + left)
+
+
+def forget_token(key_hash: str | None = None) -> None:
+    """Forget one known token (refused, revoked here), or all of them."""
+    if key_hash is None:
+        _known_tokens.clear()
+    else:
+        _known_tokens.pop(key_hash, None)
+
+
+def token_in_force_check(token: ApiToken) -> tuple[str, list]:
+    """The statement that refuses the request's transaction (ContextRefused) unless `token` is still in force
+    for the context it travels with (tenancy.rls.TOKEN_IN_FORCE_SQL)."""
+    return "SELECT public.tenancy_token_in_force(%s)", [token.key_hash]
 
 
 # -- MFA enrollment ------------------------------------------------------------------------------------

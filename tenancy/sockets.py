@@ -4,19 +4,45 @@ The HTTP API gets this from TenantAPIView and DRF's authentication classes; a so
 the same rule for an ASGI scope: the organization from the Host, the member from a bearer token looked up in
 that organization or from the portal session cookie signed in to it (not another clinic's, not one still
 enrolling MFA, not one idle past the organization's timeout).
+
+A socket outlives its handshake, so `socket_sign_in` also says what the handshake was signed in with (a
+`SocketCredential`: the bearer token, or the portal session as the session table stores it, and when it was
+issued), and `credential_in_force` confirms later that it still holds: the token not revoked nor expired, the
+session not ended (signed out, expired), the membership and the user active, and no lockout since the token
+was issued or the session signed in. The idle timeout is not applied again: an open call is not idle.
 """
 
 from __future__ import annotations
 
+import datetime
 import time
+import uuid
+from dataclasses import dataclass
+
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
 
 from .authentication import SESSION_LAST_SEEN, SESSION_MFA_PENDING, SESSION_ORG, SESSION_SIGNED_IN_AT
-from .context import ANONYMOUS, tenant_context
+from .context import ANONYMOUS, current, tenant_context
 from .middleware import org_id_for_host
-from .models import Membership
+from .models import ApiToken, Membership
 from .services import find_live_token, get_organization
+from .sessions import HashedSessionKeyField, PortalSession
 
-__all__ = ["member_for_socket"]
+__all__ = ["SocketCredential", "credential_in_force", "member_for_socket", "socket_sign_in"]
+
+
+@dataclass(frozen=True)
+class SocketCredential:
+    """What a socket's handshake was signed in with: a bearer token (`token_id`) or a portal session
+    (`session_key` as the session table stores it, the SHA-256 of the cookie's key, never the key itself),
+    for `membership_id` in `org_id`, issued at `issued_at` (the token's creation, the session's sign-in)."""
+
+    org_id: uuid.UUID
+    membership_id: uuid.UUID
+    issued_at: datetime.datetime | float
+    token_id: uuid.UUID | None = None
+    session_key: str | None = None
 
 
 def _host(scope) -> str:
@@ -39,6 +65,12 @@ def member_for_socket(scope) -> Membership | None:
     Its `org_id` is that organization's. Read under the organization's signed-out context, which ends here:
     the consumer opens its own context per message.
     """
+    signed_in = socket_sign_in(scope)
+    return None if signed_in is None else signed_in[0]
+
+
+def socket_sign_in(scope) -> tuple[Membership, SocketCredential] | None:
+    """member_for_socket, with the credential the handshake was signed in with (for credential_in_force)."""
     org_id = org_id_for_host(_host(scope))
     if org_id is None:
         return None
@@ -51,7 +83,13 @@ def member_for_socket(scope) -> Membership | None:
                 return None
             if token.membership.revoked_since(token.created_at):
                 return None  # issued before a lockout at this organization, which ended it (as over HTTP)
-            return token.membership
+            credential = SocketCredential(
+                org_id=org_id,
+                membership_id=token.membership.pk,
+                issued_at=token.created_at,
+                token_id=token.pk,
+            )
+            return token.membership, credential
         session = scope.get("session")
         user = scope.get("user")
         if session is None or user is None or not getattr(user, "is_authenticated", False):
@@ -67,6 +105,51 @@ def member_for_socket(scope) -> Membership | None:
         )
         if membership is None:
             return None
-        if membership.revoked_since(float(session.get(SESSION_SIGNED_IN_AT, 0))):
+        signed_in_at = float(session.get(SESSION_SIGNED_IN_AT, 0))
+        if membership.revoked_since(signed_in_at):
             return None  # signed in before a lockout at this organization: the lockout ended this session too
-        return membership
+        if not session.session_key:
+            return None  # not a stored session: nothing could confirm it later
+        credential = SocketCredential(
+            org_id=org_id,
+            membership_id=membership.pk,
+            issued_at=signed_in_at,
+            session_key=HashedSessionKeyField().get_prep_value(session.session_key),
+        )
+        return membership, credential
+
+
+def credential_in_force(credential: SocketCredential) -> bool:
+    """Whether what a socket was signed in with still holds, in one query: the bearer token unrevoked and
+    unexpired, or the portal session still stored and unexpired (signing out deletes it); the membership and
+    its user active; no lockout since it was issued (Membership.revoked_since). Not the idle timeout: a socket
+    in use is not idle, and a visit may outlast it.
+
+    Read in the context already open for the credential's organization (the consumer's, so that its seat check
+    costs one context hand-off), else in the organization's signed-out context, as at the handshake."""
+    context = current()
+    if context is not None and context.org_id == credential.org_id:
+        return _in_force(credential)
+    with tenant_context(org_id=credential.org_id, role=ANONYMOUS):
+        return _in_force(credential)
+
+
+def _in_force(credential: SocketCredential) -> bool:
+    now = timezone.now()
+    if True:
+        members = Membership.objects.filter(pk=credential.membership_id, is_active=True, user__is_active=True)
+        if credential.token_id is not None:
+            live = ApiToken.objects.filter(
+                pk=credential.token_id,
+                membership_id=OuterRef("pk"),
+                revoked_at__isnull=True,
+                expires_at__gt=now,
+            )
+        elif credential.session_key is not None:
+            live = PortalSession.objects.filter(session_key=credential.session_key, expire_date__gt=now)
+        else:
+            return False
+        row = members.filter(Exists(live)).values_list("pk", "sessions_revoked_at").first()
+    if row is None:
+        return False
+    return not Membership(sessions_revoked_at=row[1]).revoked_since(credential.issued_at)

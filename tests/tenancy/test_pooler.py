@@ -125,14 +125,13 @@ def test_interleaved_clients_each_see_only_their_own_organization(clinics, bounc
 
 def test_a_session_level_setting_is_not_how_the_application_sets_context(clinics, bouncer, alpha):
     """The one way a context could cross clients is a session-level set_config (is_local = false). The
-    application only ever sets it transaction-local (tenancy.context._set_config); show what the other would
-    do so a change to it is caught by the isolation suite, not in production."""
-    import inspect
-
+    application only ever sets it transaction-local (tenancy.context._set_config_sql, the one statement both
+    the pipelined hand-off and the immediate one send); show what the other would do so a change to it is
+    caught by the isolation suite, not in production."""
     from tenancy import context
 
-    source = inspect.getsource(context._set_config)
-    assert "set_config(%s, %s, true)" in source
+    sent = context._set_config_sql(["app.context", "x", "app.request_id", "y"])
+    assert sent == "SELECT set_config(%s, %s, true), set_config(%s, %s, true)"
     with _client(bouncer) as first, _client(bouncer) as second:
         first.execute("SELECT set_config('app.context', %s, false)", [_signed(alpha.org.id)])
         first.commit()
