@@ -142,7 +142,8 @@ class TenantAPIView(StrictRequestMixin, APIView):
 
     def finalize_response(self, request: Request, response, *args, **kwargs):
         # A view that made no statement has not had its known token confirmed yet: confirm it before answering.
-        auth = getattr(request, "_auth", None)  # `auth` itself would authenticate a request that failed before
+        # (`_auth`: reading `auth` would authenticate a request that failed before it got that far.)
+        auth = getattr(request, "_auth", None)
         unconfirmed = isinstance(auth, AuthInfo) and auth.confirm_in_database and context_pending()
         answered = getattr(response, "status_code", 500) < 400 and not connections["default"].needs_rollback
         if unconfirmed and answered:
