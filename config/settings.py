@@ -242,7 +242,9 @@ if REDIS_URL:
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # Channels' in-memory layer with its expiry cleanup amortized (at most once a second over every channel and
+    # group, not on every send and receive: video/layers.py).
+    CHANNEL_LAYERS = {"default": {"BACKEND": "video.layers.AmortizedInMemoryChannelLayer"}}
 
 VAULT_ADDR = os.environ.get("VAULT_ADDR", "")
 

@@ -10,22 +10,32 @@ loopback port against the test database. One organization, one practitioner, one
    candidates (send time in the payload) to its patient. First flat out (each keeps `RELAY_WINDOW` in flight):
    the saturation throughput, messages relayed per second (goal: at least 2,000). Then paced at 80 % of that
    rate on a fixed schedule: latency p50/p95/p99 (goal: p99 at most 100 ms). Into .bench/video_relay.json,
-   the goal beside each figure; a lost, refused or reordered message fails the run, a missed goal does not;
+   the goal beside each figure; a lost, refused or reordered message fails the run, a missed goal does not.
+   With BENCH_VIDEO_PROFILE=1, py-spy samples the worker during both relay runs: .bench/video-relay-flame.svg
+   and the collapsed stacks in .bench/video-relay-flame.txt;
 3. cut -> resumed signalling: the patient's socket is aborted (no close handshake), it reconnects with its resume
    token and last `seq`; time until `restart_ice` (goal: p95 under 2 s);
 4. cut -> media flowing again: two aiortc peers relay-only through a local coturn (tests/video/test_aiortc_call.py),
    cut, resume, new peer connections, time until a data-channel message arrives (goal: p95 under 5 s). Skipped
-   without coturn outside CI.
+   without coturn outside CI;
+5. the same sessions and relay production-shaped: one worker with REDIS_URL (channels_redis and the Redis
+   session store) on a throwaway redis-server, into .bench/video_relay_redis.json (no goal of its own: issue
+   13's figure is the one-worker in-memory one above). Skipped without redis-server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import os
 import resource
+import shutil
+import signal
+import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import psutil
 import pytest
@@ -36,10 +46,11 @@ from clinic.models import Patient
 from devstack.coturn import prepare_local_turn
 from tenancy.context import tenant_context
 from tenancy.services import create_organization, ensure_member, issue_api_token
-from tests.bench.reporting import report, summarize, target
+from tests.bench.reporting import OUTPUT, report, summarize, target
 from tests.conftest import PASSWORD
 from tests.video.test_aiortc_call import Peer, Signal, negotiate, require_coturn, uvicorn_server
 from tests.video.test_signalling import committed
+from tests.video.test_two_workers import REDIS_DB, throwaway_redis
 
 pytestmark = [pytest.mark.bench, pytest.mark.django_db(transaction=False)]
 
@@ -58,6 +69,8 @@ RELAY_GOAL_MSGS_PER_S = 2000
 RELAY_GOAL_P99_MS = 100
 RESUMES = 20
 MEDIA_RESUMES = 10
+PROFILE = os.environ.get("BENCH_VIDEO_PROFILE", "") not in ("", "0")
+PY_SPY = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "py-spy"
 
 
 def raise_open_files(wanted: int) -> None:
@@ -138,6 +151,38 @@ def worker(tmp_path_factory):
     log = tmp_path_factory.mktemp("uvicorn-bench-video") / "server.log"
     with uvicorn_server(log, {}, drop=("REDIS_URL",)) as port:
         yield port
+
+
+@contextlib.contextmanager
+def relay_profile(process: psutil.Process, name: str):
+    """With BENCH_VIDEO_PROFILE=1: py-spy samples the worker (without pausing it) while the block runs, into
+    .bench/<name>.svg (flame graph) and .bench/<name>.txt (collapsed stacks, one line per stack)."""
+    py_spy = str(PY_SPY) if PY_SPY.exists() else shutil.which("py-spy")
+    if not PROFILE or py_spy is None:
+        yield
+        return
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    samplers = [
+        subprocess.Popen(
+            [
+                *(py_spy, "record", "--nonblocking", "--rate", "100", "--pid", str(process.pid)),
+                *("--format", fmt, "--output", str(OUTPUT / f"{name}.{suffix}")),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for fmt, suffix in (("flamegraph", "svg"), ("raw", "txt"))
+    ]
+    try:
+        yield
+    finally:
+        for sampler in samplers:
+            sampler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        for sampler in samplers:
+            try:
+                sampler.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                sampler.kill()
 
 
 async def connect(signal: Signal, semaphore: asyncio.Semaphore) -> None:
@@ -257,7 +302,9 @@ async def relay_paced(relay: list[tuple[Signal, Signal]], seconds: float, rate: 
     return {"rate": len(latencies) / max(1e-9, last_arrival / 1e9 - start), "latencies": latencies}
 
 
-async def sessions_and_relay(calls: list[dict], port: int, process: psutil.Process) -> dict:
+async def sessions_and_relay(
+    calls: list[dict], port: int, process: psutil.Process, profile: str = "video-relay-flame"
+) -> dict:
     out: dict = {}
     pairs = [(Signal(c, "doctor", port), Signal(c, "patient", port)) for c in calls]
     signals = [s for pair in pairs for s in pair]
@@ -317,11 +364,12 @@ async def sessions_and_relay(calls: list[dict], port: int, process: psutil.Proce
                     return
 
         await asyncio.gather(*(drain_doctor(d) for d, _ in relay))
-        flat_out = await relay_flat_out(relay, SATURATION_SECONDS)
-        out["saturation_msgs_per_s"] = flat_out["rate"]
-        out["saturation_ns"] = flat_out["latencies"]
-        out["paced_target_msgs_per_s"] = PACED_SHARE * flat_out["rate"]
-        paced = await relay_paced(relay, PACED_SECONDS, out["paced_target_msgs_per_s"])
+        with relay_profile(process, profile):
+            flat_out = await relay_flat_out(relay, SATURATION_SECONDS)
+            out["saturation_msgs_per_s"] = flat_out["rate"]
+            out["saturation_ns"] = flat_out["latencies"]
+            out["paced_target_msgs_per_s"] = PACED_SHARE * flat_out["rate"]
+            paced = await relay_paced(relay, PACED_SECONDS, out["paced_target_msgs_per_s"])
         out["paced_msgs_per_s"] = paced["rate"]
         out["paced_ns"] = paced["latencies"]
 
@@ -395,9 +443,26 @@ def test_idle_sessions_relay_latency_and_resume(clinics, worker):
             "setup_seconds": round(setup_seconds, 1),
         },
     )
+    report_relay("video_relay", "one worker (in-memory layer)", r, opened)
     report(
-        "video_relay",
-        description=f"offer/candidate relay practitioner -> patient on one worker, {RELAY_PAIRS} pairs: flat out "
+        "video_resume",
+        description="cut patient socket (no close handshake) -> resume token + last_seq -> restart_ice",
+        figures={"cut -> restart_ice": resume},
+        ratios={"p95 / 2 s": round(resume["p95_us"] / 2e6, 3)},
+        goals={"p95 / 2 s": 1.0},
+        parameters={"repetitions": RESUMES},
+    )
+    assert r["held"] == opened
+    assert len(r["ping_ns"]) > 0
+
+
+def report_relay(name: str, worker: str, r: dict, opened: int, goals: bool = True) -> None:
+    paced = summarize(r["paced_ns"])
+    paced_p99_ms = percentile(r["paced_ns"], 0.99) / 1e6
+    saturation = r["saturation_msgs_per_s"]
+    report(
+        name,
+        description=f"offer/candidate relay practitioner -> patient on {worker}, {RELAY_PAIRS} pairs: flat out "
         f"({RELAY_WINDOW} in flight per pair), then paced at {PACED_SHARE:.0%} of that rate",
         figures={
             "relay flat out": summarize(r["saturation_ns"]),
@@ -405,10 +470,14 @@ def test_idle_sessions_relay_latency_and_resume(clinics, worker):
         },
         ratios={},
         targets={
-            "relay throughput": target(round(saturation, 1), "msg/s", at_least=RELAY_GOAL_MSGS_PER_S),
+            "relay throughput": target(
+                round(saturation, 1), "msg/s", at_least=RELAY_GOAL_MSGS_PER_S if goals else None
+            ),
             "relay p50 at 80% of saturation": target(round(paced["median_us"] / 1000, 2), "ms"),
             "relay p95 at 80% of saturation": target(round(paced["p95_us"] / 1000, 2), "ms"),
-            "relay p99 at 80% of saturation": target(round(paced_p99_ms, 2), "ms", at_most=RELAY_GOAL_P99_MS),
+            "relay p99 at 80% of saturation": target(
+                round(paced_p99_ms, 2), "ms", at_most=RELAY_GOAL_P99_MS if goals else None
+            ),
         },
         parameters={
             "pairs": RELAY_PAIRS,
@@ -422,16 +491,45 @@ def test_idle_sessions_relay_latency_and_resume(clinics, worker):
             "p99_ms": round(paced_p99_ms, 2),
         },
     )
-    report(
-        "video_resume",
-        description="cut patient socket (no close handshake) -> resume token + last_seq -> restart_ice",
-        figures={"cut -> restart_ice": resume},
-        ratios={"p95 / 2 s": round(resume["p95_us"] / 2e6, 3)},
-        goals={"p95 / 2 s": 1.0},
-        parameters={"repetitions": RESUMES},
+
+
+# -- 5. the same, production-shaped: the channel layer and session store in Redis -----------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_worker(tmp_path_factory):
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("no redis-server binary: the Redis variant of the relay is not measured")
+    raise_open_files(SESSIONS * 2 + 2000)
+    with throwaway_redis(binary) as redis_port:
+        log = tmp_path_factory.mktemp("uvicorn-bench-video-redis") / "server.log"
+        with uvicorn_server(log, {"REDIS_URL": f"redis://127.0.0.1:{redis_port}/{REDIS_DB}"}) as port:
+            yield port
+
+
+def test_relay_with_redis(clinics, redis_worker):
+    calls = committed(clinic_with_encounters, (SESSIONS + 1) // 2)
+    process = worker_process(redis_worker)
+    r = asyncio.run(
+        asyncio.wait_for(
+            sessions_and_relay(calls, redis_worker, process, profile="video-relay-redis-flame"), 300
+        )
+    )
+    opened = 2 * len(calls)
+    paced_p99_ms = percentile(r["paced_ns"], 0.99) / 1e6
+    print(
+        f"\nwith Redis: relay flat out {r['saturation_msgs_per_s']:.0f} msg/s; paced at {PACED_SHARE:.0%} "
+        f"({r['paced_msgs_per_s']:.0f} msg/s): p99 {paced_p99_ms:.2f} ms; sessions held {r['held']}/{opened}"
+    )
+    report_relay(
+        "video_relay_redis",
+        "one worker with REDIS_URL (channels_redis, Redis session store)",
+        r,
+        opened,
+        goals=False,
     )
     assert r["held"] == opened
-    assert len(r["ping_ns"]) > 0
 
 
 # -- 4. cut -> media flowing again through TURN -------------------------------------------------------------
