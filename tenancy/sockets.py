@@ -19,13 +19,13 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from django.db.models import Exists, OuterRef
+from django.db import connection
 from django.utils import timezone
 
 from .authentication import SESSION_LAST_SEEN, SESSION_MFA_PENDING, SESSION_ORG, SESSION_SIGNED_IN_AT
 from .context import ANONYMOUS, current, tenant_context
 from .middleware import org_id_for_host
-from .models import ApiToken, Membership
+from .models import ApiToken, Membership, User
 from .services import find_live_token, get_organization
 from .sessions import HashedSessionKeyField, PortalSession
 
@@ -134,22 +134,41 @@ def credential_in_force(credential: SocketCredential) -> bool:
         return _in_force(credential)
 
 
+# One statement (the first of the seat check's transaction, so it also carries the context hand-off): the
+# membership and its user active, the credential live, and the membership's last lockout. Raw SQL: the ORM's
+# compilation of the same query cost more than the query (py-spy, tests/bench/test_video.py).
+_TOKEN_IN_FORCE = """
+SELECT m.sessions_revoked_at FROM {membership} m JOIN {user} u ON u.id = m.user_id
+WHERE m.id = %s AND m.is_active AND u.is_active AND EXISTS (
+    SELECT 1 FROM {token} t
+    WHERE t.id = %s AND t.membership_id = m.id AND t.revoked_at IS NULL AND t.expires_at > %s
+)
+"""
+_SESSION_IN_FORCE = """
+SELECT m.sessions_revoked_at FROM {membership} m JOIN {user} u ON u.id = m.user_id
+WHERE m.id = %s AND m.is_active AND u.is_active AND EXISTS (
+    SELECT 1 FROM {session} s WHERE s.session_key = %s AND s.expire_date > %s
+)
+"""
+
+
 def _in_force(credential: SocketCredential) -> bool:
-    now = timezone.now()
-    if True:
-        members = Membership.objects.filter(pk=credential.membership_id, is_active=True, user__is_active=True)
-        if credential.token_id is not None:
-            live = ApiToken.objects.filter(
-                pk=credential.token_id,
-                membership_id=OuterRef("pk"),
-                revoked_at__isnull=True,
-                expires_at__gt=now,
-            )
-        elif credential.session_key is not None:
-            live = PortalSession.objects.filter(session_key=credential.session_key, expire_date__gt=now)
-        else:
-            return False
-        row = members.filter(Exists(live)).values_list("pk", "sessions_revoked_at").first()
+    tables = {
+        "membership": Membership._meta.db_table,
+        "user": User._meta.db_table,
+        "token": ApiToken._meta.db_table,
+        "session": PortalSession._meta.db_table,
+    }
+    key: uuid.UUID | str
+    if credential.token_id is not None:
+        sql, key = _TOKEN_IN_FORCE, credential.token_id
+    elif credential.session_key is not None:
+        sql, key = _SESSION_IN_FORCE, credential.session_key
+    else:
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute(sql.format(**tables), [credential.membership_id, key, timezone.now()])
+        row = cursor.fetchone()
     if row is None:
         return False
-    return not Membership(sessions_revoked_at=row[1]).revoked_since(credential.issued_at)
+    return not Membership(sessions_revoked_at=row[0]).revoked_since(credential.issued_at)

@@ -21,6 +21,7 @@ import logging
 import time
 import uuid
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from redis.exceptions import RedisError
@@ -85,6 +86,16 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
             await self.internal_error()
         finally:
             liveness.release(getattr(self, "connection_id", ""))  # however it ended, even cancelled
+
+    async def dispatch(self, message) -> None:
+        """Channels' dispatch, without its `aclose_old_connections()` before every handler: that is a hop to the
+        one database thread for each relayed message and each flush notice, queued behind the seat checks (a
+        tenth of the relay's event loop, and its latency, with 2,000 sockets; issue 13). Every database access
+        of this consumer goes through database_sync_to_async, which closes old connections before and after."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def signalling_unavailable(self, exc: Exception) -> None:
         encounter = getattr(self, "encounter_id", "?")
@@ -345,11 +356,17 @@ class SignalConsumer(AsyncJsonWebsocketConsumer):
 
     async def seat_lost(self) -> None:
         """The participation is gone (the encounter ended, the membership or the patient's record no longer
-        theirs): refused and closed, once, whether a message or the seat's renewal found it."""
+        theirs), or the sign-in the socket was opened with ended (the token revoked or expired, the session
+        signed out, a lockout): refused and closed, once, whether a message or the seat's renewal found it."""
         if self.participation is None or self.seat_refused:
             return
         self.seat_refused = True  # the participation stays: closing drops the participant as before
-        await self.refuse(SignallingCode.NOT_FOUND, "Not found.", 4404)
+        if self.seat is not None and self.seat.signed_out:
+            await self.refuse(
+                SignallingCode.NOT_AUTHENTICATED, "Your sign-in has ended: sign in again.", 4401
+            )
+        else:
+            await self.refuse(SignallingCode.NOT_FOUND, "Not found.", 4404)
 
     async def video_close(self, event) -> None:
         await self.close(code=event.get("code", 4000))

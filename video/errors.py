@@ -35,7 +35,11 @@ class SignallingCode(SocketErrorCode):
         "invalid_request",
         "The socket's query string is not valid (last_seq is a whole number); closed with 4400, nothing redeemed.",
     )
-    NOT_AUTHENTICATED = ("not_authenticated", "Not signed in: sign in first. Closed with 4401.")
+    NOT_AUTHENTICATED = (
+        "not_authenticated",
+        "Not signed in, or the sign-in the socket was opened with has ended (token revoked or expired, signed "
+        "out, locked out): sign in (again). Closed with 4401.",
+    )
     RESUME_REJECTED = (
         "resume_rejected",
         "The resume token is not valid for you here (used, expired or another's): join again. Closed with 4401.",

@@ -12,6 +12,11 @@ invalidate every seat of the encounter through the channel layer (`invalidate`):
 against the database. The channel layer may lose that notice; the bound still holds.
 
 What the seat does not cache: admit, deny, end and leave are checked against the database every time.
+
+The same check confirms the credential the socket was opened with (services.confirm_seat, tenancy.sockets'
+credential_in_force): a bearer token revoked or expired, a portal session signed out or expired, a lockout, a
+membership or user deactivated since the handshake end the socket within the same bound (SignedOut, answered
+`not_authenticated`), whatever it is doing. The idle timeout is not applied to an open socket.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class Seat:
         self.participation = participation
         self.checked_at = checked_at
         self.revoked = False
+        self.signed_out = False  # revoked because the handshake's credential no longer holds
         self._on_revoked = on_revoked
         self._generation = 0  # bumped by invalidate: a check begun before it confirms nothing
         self._lock = asyncio.Lock()  # one check at a time per connection
@@ -61,12 +67,12 @@ class Seat:
 
     async def confirm(self) -> services.Participation:
         """The participation, confirmed within the bound (waiting for the database only if it is older), or
-        NotFound."""
+        NotFound (SignedOut when the credential is what no longer holds)."""
         bound = seat_check_seconds()
         while not self.revoked and self.age() >= bound:
             await self._check(stale_after=bound)
         if self.revoked:
-            raise services.NotFound()
+            raise services.SignedOut() if self.signed_out else services.NotFound()
         if self.age() >= bound / 2 and (self._renewing is None or self._renewing.done()):
             self._renewing = asyncio.get_running_loop().create_task(self._renew())
         return self.participation
@@ -99,11 +105,12 @@ class Seat:
                 return  # checked by whoever held the lock before
             generation, began = self._generation, time.monotonic()
             try:
-                participation = await database_sync_to_async(services.participation)(
+                participation = await database_sync_to_async(services.confirm_seat)(
                     self.participant, self.encounter_id
                 )
-            except services.NotFound:
+            except services.NotFound as refused:
                 self.revoked = True
+                self.signed_out = isinstance(refused, services.SignedOut)
             else:
                 if generation == self._generation:
                     self.participation, self.checked_at = participation, began

@@ -17,7 +17,7 @@ from tenancy.context import tenant_context
 from tenancy.errors import ApiError
 from tenancy.models import Membership, Organization, PurposeOfUse, Role
 from tenancy.services import get_organization
-from tenancy.sockets import member_for_socket
+from tenancy.sockets import SocketCredential, credential_in_force, socket_sign_in
 
 from .errors import SignallingCode
 
@@ -35,6 +35,9 @@ class Participant:
     user_id: uuid.UUID
     membership_id: uuid.UUID
     role: str  # the membership's role
+    # What the socket's handshake was signed in with (bearer token or portal session), confirmed again with the
+    # participation (confirm_seat); None only for a participant not from a handshake (a test's).
+    credential: SocketCredential | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,11 @@ class Participation:
 
 class NotFound(Exception):
     """Not this participant's encounter (or no such encounter): answered `not_found`, never more."""
+
+
+class SignedOut(NotFound):
+    """The bearer token or portal session the socket was opened with no longer holds (revoked, expired, signed
+    out, a lockout, the membership or user deactivated): answered `not_authenticated`."""
 
 
 class Refused(Exception):
@@ -140,8 +148,22 @@ def connect_request(query_string: bytes) -> ConnectRequest:
 def authenticate(scope) -> Participant | None:
     """The organization from the Host, the user from a bearer token or the portal session cookie
     (tenancy.sockets)."""
-    m = member_for_socket(scope)
-    return None if m is None else Participant(m.org_id, m.user_id, m.pk, m.role)
+    signed_in = socket_sign_in(scope)
+    if signed_in is None:
+        return None
+    m, credential = signed_in
+    return Participant(m.org_id, m.user_id, m.pk, m.role, credential)
+
+
+def confirm_seat(participant: Participant, encounter_id: str) -> Participation:
+    """A seat's check (video/seat.py): the handshake's credential still in force (SignedOut otherwise; that
+    also confirms the membership active), then the participation (NotFound otherwise), in one context."""
+    if participant.credential is None:
+        return participation(participant, encounter_id)
+    with _context(participant):
+        if not credential_in_force(participant.credential):
+            raise SignedOut()
+        return _participation(participant, encounter_id, membership_confirmed=True)
 
 
 def _context(participant: Participant, request_id: str = ""):
@@ -156,36 +178,50 @@ def _context(participant: Participant, request_id: str = ""):
 
 def participation(participant: Participant, encounter_id: str) -> Participation:
     """The participant's part in this encounter's call, or NotFound (also for a wrong organization)."""
+    with _context(participant):
+        return _participation(participant, encounter_id)
+
+
+def _participation(
+    participant: Participant, encounter_id: str, membership_confirmed: bool = False
+) -> Participation:
+    """participation(), in the participant's context; `membership_confirmed` when the caller has just
+    confirmed the membership active in it (credential_in_force)."""
     try:
         encounter_uuid = uuid.UUID(encounter_id)
     except ValueError:
         raise NotFound() from None
-    with _context(participant):
-        try:
-            # Not recorded as a read: checked at the join and again on every message, and what the participant
-            # does with the encounter is recorded by record() (video_join, video_leave and the rest).
-            encounter = clinic.get_encounter_for_user(encounter_uuid, record=False)
-        except ApiError:
-            raise NotFound() from None
-        if participant.role == Role.PRACTITIONER and encounter.practitioner_id == participant.membership_id:
-            role = "practitioner"
-        elif participant.role == Role.PATIENT and encounter.patient_id in clinic.own_patient_ids():
-            role = "patient"
-        else:
-            raise NotFound()
-        if encounter.status in ("finished", "cancelled"):
-            raise NotFound()
-        # A deactivated membership ends the participation on either side (row policies cover the practitioner's
-        # reach, not a patient's own record).
-        if not Membership.objects.filter(pk=participant.membership_id, is_active=True).exists():
-            raise NotFound()
+    try:
+        # Not recorded as a read: checked at the join and again on every message, and what the participant
+        # does with the encounter is recorded by record() (video_join, video_leave and the rest).
+        encounter = clinic.get_encounter_for_user(encounter_uuid, record=False)
+    except ApiError:
+        raise NotFound() from None
+    if participant.role == Role.PRACTITIONER and encounter.practitioner_id == participant.membership_id:
+        role = "practitioner"
+    elif participant.role == Role.PATIENT and encounter.patient_id in clinic.own_patient_ids():
+        role = "patient"
+    else:
+        raise NotFound()
+    if encounter.status in ("finished", "cancelled"):
+        raise NotFound()
+    # A deactivated membership ends the participation on either side (row policies cover the practitioner's
+    # reach, not a patient's own record).
+    if (
+        not membership_confirmed
+        and not Membership.objects.filter(pk=participant.membership_id, is_active=True).exists()
+    ):
+        raise NotFound()
+    if role == "practitioner":
+        practitioner_user = str(participant.user_id)  # the encounter's practitioner is this membership
+    else:
         practitioner_user = str(
             Membership.objects.filter(pk=encounter.practitioner_id).values_list("user_id", flat=True).first()
         )
-        admitted = encounter.admitted_at is not None or encounter.status == "in-progress"
-        return Participation(
-            str(encounter.pk), str(encounter.patient_id), practitioner_user, role, admitted, encounter.status
-        )
+    admitted = encounter.admitted_at is not None or encounter.status == "in-progress"
+    return Participation(
+        str(encounter.pk), str(encounter.patient_id), practitioner_user, role, admitted, encounter.status
+    )
 
 
 def record(
