@@ -104,7 +104,7 @@ class TenantAPIView(StrictRequestMixin, APIView):
         if isinstance(auth, AuthInfo):
             purpose = services.check_purpose(auth.membership.role, request.headers.get("X-Purpose-Of-Use"))
             # A token this worker already knew was not looked up: the database confirms it is still in force
-            # for this very context, in the round trip of the request's first statement.
+            # for this very context, in the same statement as the context, just before the request's first statement.
             checks = (
                 (services.token_in_force_check(auth.token),)
                 if auth.confirm_in_database and auth.token is not None

@@ -287,7 +287,7 @@ INVITATION_RULES = {
 }
 
 # The database's half of a bearer token a worker already knows (tenancy.services.known_token): sent in the same
-# round trip as the request's context and first statement, it refuses the whole transaction (SQLSTATE 28000)
+# statement as the request's context (tenancy.context), it refuses the whole transaction (SQLSTATE 28000)
 # unless the token is still in force for exactly the signed context's organization, user and role: unrevoked,
 # unexpired, not idle, its membership active with that role and not revoked by a lockout since the token was
 # issued, its user active. So a revocation on any worker, or straight in the database, stops the next request

@@ -638,7 +638,7 @@ def revoke_token(token: ApiToken) -> None:
 
 # Bearer tokens this worker found in force, by hash: (token with its membership and user, organization id,
 # monotonic time until which no idle touch is due). A request with a known token skips the lookup; the
-# database still checks the token on that request, in the round trip of its first statement
+# database still checks the token on that request, in the same statement as the request's context
 # (`token_in_force_check`), so a known token is never trusted for anything the database has not confirmed.
 _known_tokens: dict[str, tuple[ApiToken, uuid.UUID, float]] = {}
 KNOWN_TOKENS_MAX = 10_000
@@ -679,9 +679,9 @@ def forget_token(key_hash: str | None = None) -> None:
 
 
 def token_in_force_check(token: ApiToken) -> tuple[str, list]:
-    """The statement that refuses the request's transaction (ContextRefused) unless `token` is still in force
+    """The check (an SQL expression and its parameters, sent with the context) that refuses the request's transaction (ContextRefused) unless `token` is still in force
     for the context it travels with (tenancy.rls.TOKEN_IN_FORCE_SQL)."""
-    return "SELECT public.tenancy_token_in_force(%s)", [token.key_hash]
+    return "public.tenancy_token_in_force(%s)", [token.key_hash]
 
 
 # -- MFA enrollment ------------------------------------------------------------------------------------

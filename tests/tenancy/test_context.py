@@ -12,7 +12,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import connection, transaction
 
-from tenancy.context import NoTenantContext, TenantContext, sign_context_body, tenant_context
+from tenancy.context import ANONYMOUS, NoTenantContext, TenantContext, sign_context_body, tenant_context
 from tenancy.models import ApiToken, Domain, Membership, Organization
 from tests.conftest import in_context, runtime_conninfo
 
@@ -382,7 +382,11 @@ def round_trips(trace: str) -> int:
     )
 
 
-def test_the_context_travels_in_the_same_round_trip_as_the_transaction_s_first_statement(alpha, tmp_path):
+def test_a_context_replaced_before_any_statement_is_never_sent_and_the_last_one_costs_one_round_trip(
+    alpha, tmp_path
+):
+    """What a request with a known token does: the signed-out context, then the member's, then a query. The
+    signed-out one is replaced before anything needs it, so only the member's goes out, in one statement."""
     from tenancy.context import activate, deactivate
 
     trace = tmp_path / "libpq.trace"
@@ -391,16 +395,20 @@ def test_the_context_travels_in_the_same_round_trip_as_the_transaction_s_first_s
         pgconn = connection.connection.pgconn
         with open(trace, "w") as sink:
             pgconn.trace(sink.fileno())
-            token = activate(TenantContext(org_id=alpha.org.id, role="staff"))
+            tokens = [activate(TenantContext(org_id=alpha.org.id, role=ANONYMOUS))]
             try:
+                tokens.append(activate(TenantContext(org_id=alpha.org.id, role="staff")))
                 with connection.cursor() as cursor:
                     cursor.execute("SELECT public.app_org_id(), public.app_role()")
                     seen = cursor.fetchone()
                     pgconn.untrace()
             finally:
-                deactivate(token, outer_blocks=len(connection.atomic_blocks))
-    assert seen == (alpha.org.id, "staff")  # the statement ran under the context it travelled with
-    assert round_trips(trace.read_text()) == 1, trace.read_text()
+                for token in reversed(tokens):
+                    deactivate(token, outer_blocks=len(connection.atomic_blocks))
+    sent = trace.read_text()
+    assert seen == (alpha.org.id, "staff")  # the statement ran under the context handed off before it
+    assert round_trips(sent) == 2, sent  # the hand-off, then the statement
+    assert "|staff|" in sent and "|anonymous|" not in sent, sent
 
 
 def test_a_context_no_statement_carried_does_not_outlive_its_block(alpha):
