@@ -184,6 +184,18 @@ class Encounter(TenantModel):
             models.Index(fields=["org", "scheduled_at"]),
             models.Index(fields=["org", "patient"]),
             models.Index(fields=["org", "practitioner", "status"]),
+            # The row policies' clinic_visits(), on every statement of a practitioner: the open visits and the
+            # notes owed are few, a practitioner's finished encounters many (issue 13).
+            models.Index(
+                fields=["org", "practitioner"],
+                condition=models.Q(status__in=["arrived", "in-progress"]),
+                name="clinic_encounter_open_visit",
+            ),
+            models.Index(
+                fields=["org", "practitioner"],
+                condition=models.Q(status="finished", documentation_required=True),
+                name="clinic_encounter_note_owed",
+            ),
         ]
 
     def __str__(self) -> str:

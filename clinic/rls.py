@@ -116,14 +116,21 @@ BEGIN
     IF ctx.role IS DISTINCT FROM 'practitioner' THEN
         RETURN;
     END IF;
+    -- Two branches, each matching one partial index (clinic_encounter_open_visit, clinic_encounter_note_owed).
     RETURN QUERY
-    SELECT e.id, e.patient_id FROM public.clinic_encounter e JOIN public.tenancy_membership m
-        ON e.org_id = m.org_id AND e.practitioner_id = m.id
-    WHERE m.org_id = ctx.org_id AND m.user_id = ctx.user_id AND m.is_active AND m.role = 'practitioner'
-      AND ((e.status IN ('arrived', 'in-progress')
-            AND clock_timestamp() >= e.scheduled_at - interval '{opens_before}'
-            AND clock_timestamp() < e.scheduled_at + interval '{closes_after}')
-           OR (e.status = 'finished' AND e.documentation_required));
+    WITH me AS (
+        SELECT m.id, m.org_id FROM public.tenancy_membership m
+        WHERE m.org_id = ctx.org_id AND m.user_id = ctx.user_id AND m.is_active AND m.role = 'practitioner'
+    )
+    SELECT e.id, e.patient_id FROM public.clinic_encounter e JOIN me
+        ON e.org_id = me.org_id AND e.practitioner_id = me.id
+    WHERE e.status IN ('arrived', 'in-progress')
+      AND clock_timestamp() >= e.scheduled_at - interval '{opens_before}'
+      AND clock_timestamp() < e.scheduled_at + interval '{closes_after}'
+    UNION ALL
+    SELECT e.id, e.patient_id FROM public.clinic_encounter e JOIN me
+        ON e.org_id = me.org_id AND e.practitioner_id = me.id
+    WHERE e.status = 'finished' AND e.documentation_required;
 END
 $fn$;
 
