@@ -236,6 +236,10 @@ if REDIS_URL:
                         "socket_timeout": 15,
                         "socket_connect_timeout": 2,
                         "retry": reconnect_once(),
+                        # redis-py's pool raises MaxConnectionsError past its default 100 instead of waiting: a
+                        # burst of group sends from more sockets than that closed them with signalling_unavailable
+                        # (tests/bench/test_video.py, the Redis variant).
+                        "max_connections": 1000,
                     }
                 ]
             },

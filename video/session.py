@@ -23,6 +23,7 @@ from typing import cast
 from django.conf import settings
 
 STREAM_KEEP = 500  # messages kept per participant for replay
+STORE_CONNECTIONS = 100  # Redis connections of one worker's session store (more commands wait for one)
 SEEN = "video:liveness:seen"  # sorted set: participant key -> last heartbeat (epoch seconds)
 DROPS = "video:liveness:drops"  # sorted set: drop key -> end of its grace period (epoch seconds)
 
@@ -231,9 +232,19 @@ class RedisStore:
     def __init__(self, url: str) -> None:
         import redis.asyncio as redis
 
-        self._redis = redis.Redis.from_url(
-            url, socket_timeout=2, socket_connect_timeout=2, retry=reconnect_once()
+        # A blocking pool: a command waits (up to 2 s) for one of the worker's connections. redis-py's default
+        # pool (100 connections) raises MaxConnectionsError instead, and a burst of more than 100 sockets' store
+        # commands on one worker (200 pings at once in tests/bench/test_video.py) closed them all with
+        # signalling_unavailable.
+        pool = redis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=STORE_CONNECTIONS,
+            timeout=2,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+            retry=reconnect_once(),
         )
+        self._redis = redis.Redis(connection_pool=pool)
         self._append = self._redis.register_script(APPEND)
 
     @staticmethod
