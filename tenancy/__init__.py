@@ -8,7 +8,8 @@ Other apps build on these public modules only, each thing from one of them:
 - `tenancy.api`: an app's HTTP API: `TenantAPIView`, `PURPOSE_HEADER`, `paginated` and `cursor_page`,
   `uuid_param` (the one UUID query-parameter parser), `request_org`, `request_user`, `StrictSerializer`,
   `StrictModelSerializer`.
-- `tenancy.sockets`: an app's WebSocket consumers: `member_for_socket` (who is signed in on a handshake).
+- `tenancy.sockets`: an app's WebSocket consumers: `member_for_socket` and `socket_sign_in` (who is signed in
+  on a handshake, and with what), `credential_in_force` (whether that sign-in still holds, for an open socket).
 - `tenancy.commands`: an app's management commands: `organization_by_slug`.
 - `tenancy.models`: `Organization`, `Membership`, `User`, `Role`, `PurposeOfUse`, `TenantModel` (the base of
   every tenant table).
