@@ -1,4 +1,4 @@
-"""The row policies' helpers read indexes, not a practitioner's whole history, on every statement (issue 13).
+"""The row policies read indexes, not a practitioner's whole history or an organization's whole table (issue 13).
 
 `clinic_visits()` runs inside every practitioner's statement on patients, consents, encounters and notes. A
 practitioner accumulates thousands of finished encounters; the open visits and the notes owed are a handful.
@@ -18,7 +18,7 @@ from clinic.synthetic import generate_patients, quiet_phi_log
 from tenancy.context import TenantContext, tenant_context
 from tenancy.services import create_organization, ensure_member
 from tests.audit.test_shipper import committed
-from tests.conftest import owner_conninfo
+from tests.conftest import owner_conninfo, runtime_conninfo
 
 pytestmark = pytest.mark.django_db
 
@@ -91,3 +91,40 @@ def test_each_branch_of_clinic_visits_reads_its_partial_index(clinics):
                     " AND id NOT IN (SELECT encounter_id FROM clinic_clinicalnote WHERE org_id = %s)",
                     [org_id, me, org_id, org_id],
                 )
+
+
+PAGE = "SELECT id FROM clinic_patient WHERE org_id = %s ORDER BY created_at DESC LIMIT 50"
+
+
+def test_a_practitioner_s_page_of_patients_walks_the_newest_first_index_and_sorts_nothing(clinics):
+    """The newest 50 of an organization of PATIENTS: under the row rules as one CASE on the role, the planner
+    expects rows to pass and walks (org_id, created_at) backwards; under an OR of role tests it expected one
+    row, and read and sorted the whole organization (issue 13)."""
+    org_id, _ = committed(practitioner_with_a_long_history)
+    signed = TenantContext(org_id=org_id, role="platform").signed()
+    with psycopg.connect(owner_conninfo()) as conn:
+        with conn.transaction():
+            conn.execute("SELECT set_config('app.context', %s, true)", [signed])
+            columns = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = 'clinic_patient'"
+                    " AND column_name NOT IN ('id', 'created_at', 'health_card_index', 'user_id')"
+                ).fetchall()
+            ]
+            copied = ", ".join(f"p.{column}" for column in columns)
+            conn.execute(
+                f"INSERT INTO clinic_patient (id, created_at, {', '.join(columns)})"
+                f" SELECT gen_random_uuid(), now() - make_interval(secs => g), {copied}"
+                " FROM (SELECT * FROM clinic_patient WHERE org_id = %s LIMIT 1) p, generate_series(1, %s) g",
+                [org_id, HISTORY],
+            )
+        conn.autocommit = True
+        conn.execute("ANALYZE clinic_patient")
+    # EXPLAIN alone runs no init-plan: the context only has to be a genuine one of this organization.
+    practitioner = TenantContext(org_id=org_id, role="practitioner", purpose="treatment")
+    with psycopg.connect(runtime_conninfo()) as conn, conn.transaction():
+        conn.execute("SELECT set_config('app.context', %s, true)", [practitioner.signed()])
+        plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + PAGE, [org_id]).fetchall())
+    assert "Sort" not in plan, plan
+    assert "Index Scan Backward" in plan and "clinic_patient" in plan, plan
