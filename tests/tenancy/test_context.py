@@ -345,8 +345,11 @@ def test_another_session_cannot_copy_the_signed_context_from_pg_stat_activity(cl
     from django.db import connections
 
     def hold_a_context_open(started, release):
+        from tenancy.context import flush
+
         try:
             with in_context(alpha.org):
+                flush()  # sent now, not with a next statement: the session's last query is the hand-off
                 started.set()
                 release.wait(10)
         finally:
